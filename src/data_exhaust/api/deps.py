@@ -1,0 +1,64 @@
+"""FastAPI dependencies: the process's services, the authenticated caller and its channel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from data_exhaust.api.errors import ApiError
+from data_exhaust.keys import Caller
+from data_exhaust.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def authenticate(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> Caller:
+    if not authorization:
+        raise ApiError("UNAUTHORIZED", "Authorization header is missing; send 'Bearer <API key>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("UNAUTHORIZED", "Authorization header must be 'Bearer <API key>'")
+    caller = services.keys.authenticate(token.strip())
+    if caller is None:
+        raise ApiError("UNAUTHORIZED", "unknown or revoked API key; create one with `exhaust keys create`")
+    return caller
+
+
+def require_scope(scope: str) -> Callable[..., Caller]:
+    """A dependency that answers 403 unless the caller's key has ``scope`` (or ``admin``)."""
+
+    def check(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+        if scope not in caller.scopes and not caller.is_admin:
+            raise ApiError("FORBIDDEN", f"this API key lacks the '{scope}' scope")
+        return caller
+
+    return check
+
+
+def channel_of(
+    caller: Caller,
+    x_channel_id: str | None,
+) -> str:
+    """The tenant named by ``X-Channel-ID``, checked against the caller's key (api.md §2)."""
+    if not x_channel_id or not x_channel_id.strip():
+        raise ApiError("FORBIDDEN", "X-Channel-ID is missing in request header")
+    channel = x_channel_id.strip()
+    if not caller.may_use(channel):
+        raise ApiError("FORBIDDEN", f"X-Channel-ID '{channel}' is not allowed for this API key")
+    return channel
+
+
+ChannelHeader = Annotated[
+    str | None, Header(alias="X-Channel-ID", description="The tenant (state, org) of the request")
+]

@@ -1,0 +1,124 @@
+"""SQLAlchemy models: the job table (``job_request``), API keys and ingest bookkeeping.
+
+Only :mod:`data_exhaust.manager` (jobs), :mod:`data_exhaust.keys` and
+:mod:`data_exhaust.telemetry` touch these tables; the Alembic migrations must produce exactly
+this schema (a test checks it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp always returned timezone-aware in UTC (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JsonType}
+
+
+class JobRequest(Base):
+    """One request (job). The seed's columns first, then the engine's own."""
+
+    __tablename__ = "job_request"
+
+    tag: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(100))  # the dataset id
+    status: Mapped[str] = mapped_column(String(20))
+    request_data: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    requested_channel: Mapped[str] = mapped_column(String(100))
+    download_urls: Mapped[list[str]] = mapped_column(JsonType, default=list)  # blob keys
+    dt_file_created: Mapped[datetime | None]
+    dt_job_submitted: Mapped[datetime]
+    dt_job_completed: Mapped[datetime | None]
+    execution_time: Mapped[int | None] = mapped_column(BigInteger)  # milliseconds
+    err_message: Mapped[str | None] = mapped_column(Text)
+    # Engine columns.
+    kind: Mapped[str] = mapped_column(String(20), default="dataset")
+    output_format: Mapped[str] = mapped_column(String(20), default="csv")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_updated: Mapped[datetime]
+    run_after: Mapped[datetime]
+    progress: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    files_purged: Mapped[bool] = mapped_column(Boolean, default=False)
+    secret_data: Mapped[str | None] = mapped_column(Text)  # encrypted per-job secrets
+
+    __table_args__ = (
+        Index("ix_job_request_claim", "status", "run_after"),
+        Index("uq_job_request_request_id", "request_id", unique=True),
+        Index("ix_job_request_channel_submitted", "requested_channel", "dt_job_submitted"),
+    )
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; the key itself is shown once at creation."""
+
+    __tablename__ = "api_key"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    channels: Mapped[list[str]] = mapped_column(JsonType)
+    scopes: Mapped[list[str]] = mapped_column(JsonType)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class TelemetryBatch(Base):
+    """A telemetry batch already accepted, by its ``params.msgid`` (retries are acknowledged)."""
+
+    __tablename__ = "telemetry_batch"
+
+    msgid: Mapped[str] = mapped_column(String(200), primary_key=True)
+    accepted: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime]

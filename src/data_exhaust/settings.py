@@ -1,0 +1,107 @@
+"""Every setting of the service, read from ``EXHAUST_*`` environment variables or a ``.env`` file.
+
+This is the only place that reads the environment; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_FILE = "secret.key"
+
+
+class Settings(BaseSettings):
+    """Configuration of one Data Exhaust process (server, worker or CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix="EXHAUST_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="SQLite file, blobs, lake and secret live here.")
+    database_url: str | None = Field(
+        None, description="Job table and registry; default SQLite in the data dir."
+    )
+    storage_url: str | None = Field(None, description="Blob store; default file://<data dir>/blobs.")
+    lake_url: str | None = Field(None, description="Telemetry lake; default file://<data dir>/lake.")
+    executor: Literal["embedded", "celery"] = Field("embedded", description="Who runs jobs.")
+    broker_url: str | None = Field(None, description="Celery broker (amqp:// or redis://).")
+    workers: int = Field(2, ge=0, le=64, description="Concurrent jobs per process (0: API only).")
+    run_schedule: str = Field("on-demand", description="'on-demand' or a cron expression.")
+    url_ttl_seconds: int = Field(1800, ge=1, description="Lifetime of a signed download URL.")
+    retention_days: int = Field(7, ge=1, description="How long result files are kept.")
+    max_attempts: int = Field(3, ge=1, description="Executions before a job stays FAILED.")
+    retry_backoff_seconds: float = Field(10.0, ge=0, description="First retry delay; doubles.")
+    lease_seconds: float = Field(30.0, gt=0, description="A worker's claim on a job lasts this long.")
+    poll_seconds: float = Field(1.0, gt=0, description="How often idle workers look for jobs.")
+    timezone: str = Field("UTC", description="Calendar of date ranges and file-name dates.")
+    secret_key: str | None = Field(None, description="Signs URLs; generated into the data dir.")
+    public_url: str | None = Field(
+        None, description="Base URL put in download links; default: the URL the client called."
+    )
+    csv_bom: bool = Field(False, description="Start CSV files with a UTF-8 BOM (for Excel).")
+    csv_formula_guard: bool = Field(
+        True, description="Prefix cells starting with = + - @ tab CR with ' (OWASP)."
+    )
+    compact_interval_seconds: float = Field(
+        300.0, ge=0, description="Lake compaction period in the server (0: only by CLI)."
+    )
+    max_body_bytes: int = Field(5 * 1024 * 1024, description="Largest telemetry batch accepted.")
+    smtp_url: str | None = Field(None, description="smtp://host:port for task e-mails.")
+
+    @field_validator("run_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if value != "on-demand" and not croniter.is_valid(value):
+            raise ValueError("must be 'on-demand' or a cron expression such as '0 2 * * *'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like 'Asia/Kolkata'") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'exhaust.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "blobs").resolve().as_uri()
+
+    @property
+    def resolved_lake_url(self) -> str:
+        return self.lake_url or (self.data_dir / "lake").resolve().as_uri()
+
+    @cached_property
+    def secret(self) -> bytes:
+        """The server secret: given, or read from (or generated into) ``<data dir>/secret.key``."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / SECRET_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.data_dir / f".{SECRET_FILE}.{secrets.token_hex(4)}"
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:  # link() fails if another process won the race: then its secret is the one
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()

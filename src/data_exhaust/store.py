@@ -1,0 +1,340 @@
+"""Job stores: where ``job_request`` rows live.
+
+:class:`JobStore` is the small set of primitives the :class:`~data_exhaust.manager.JobManager`
+needs; :class:`SqlJobStore` keeps rows in SQLite or Postgres, :class:`MemoryJobStore` in a dict
+(a testing tool). Every compare-and-set is atomic, so two workers never claim one job.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from data_exhaust.jobs import Job, OutputFile, Status
+from data_exhaust.models import JobRequest
+
+# Job field -> job_request column.
+COLUMNS = {
+    "tag": "tag",
+    "request_id": "request_id",
+    "dataset": "job_id",
+    "status": "status",
+    "config": "request_data",
+    "channel": "requested_channel",
+    "requested_by": "requested_by",
+    "submitted_at": "dt_job_submitted",
+    "completed_at": "dt_job_completed",
+    "execution_ms": "execution_time",
+    "message": "err_message",
+}
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What :meth:`JobStore.search` selects; every given criterion must hold."""
+
+    channels: Collection[str] | None = None
+    tags: Collection[str] | None = None
+    dataset: str | None = None
+    status: Status | None = None
+    kind: str | None = None
+    submitted_from: datetime | None = None
+    submitted_before: datetime | None = None
+
+    def matches(self, job: Job) -> bool:
+        return (
+            (self.channels is None or job.channel in self.channels)
+            and (self.tags is None or job.tag in self.tags)
+            and (self.dataset is None or job.dataset == self.dataset)
+            and (self.status is None or job.status == self.status)
+            and (self.kind is None or job.kind == self.kind)
+            and (self.submitted_from is None or job.submitted_at >= self.submitted_from)
+            and (self.submitted_before is None or job.submitted_at < self.submitted_before)
+        )
+
+
+class JobStore(ABC):
+    """Primitives over the job table. Only the job manager calls these."""
+
+    @abstractmethod
+    def insert(self, job: Job) -> bool:
+        """Add ``job``; False when its request id exists already."""
+
+    @abstractmethod
+    def get(self, request_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
+        """Total number of matches and one page of them, newest submission first."""
+
+    @abstractmethod
+    def update(
+        self,
+        request_id: str,
+        changes: dict[str, Any],
+        *,
+        if_status: Collection[Status] | None = None,
+        if_owner: str | None = None,
+    ) -> Job | None:
+        """Apply ``changes`` atomically if the conditions hold; the new job, else None."""
+
+    @abstractmethod
+    def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
+        """Atomically move the oldest due SUBMITTED job to PROCESSING, leased by ``owner``."""
+
+    @abstractmethod
+    def expired_leases(self, now: datetime) -> list[Job]: ...
+
+    @abstractmethod
+    def purgeable(self, completed_before: datetime) -> list[Job]:
+        """SUCCESS jobs with files still present, finished before the given time."""
+
+    @abstractmethod
+    def release(self, dataset: str | None, now: datetime) -> int:
+        """Make every waiting SUBMITTED job (of ``dataset``) due now; how many."""
+
+
+class SqlJobStore(JobStore):
+    """The job table in SQLite or Postgres through SQLAlchemy."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def insert(self, job: Job) -> bool:
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(JobRequest(**_to_row(job)))
+        except IntegrityError:
+            return False
+        return True
+
+    def get(self, request_id: str) -> Job | None:
+        with Session(self.engine) as session:
+            row = session.scalar(select(JobRequest).where(JobRequest.request_id == request_id))
+            return _to_job(row) if row else None
+
+    def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
+        conditions = _sql_conditions(where)
+        with Session(self.engine) as session:
+            total = session.scalar(select(func.count()).select_from(JobRequest).where(*conditions))
+            rows = session.scalars(
+                select(JobRequest)
+                .where(*conditions)
+                .order_by(JobRequest.dt_job_submitted.desc(), JobRequest.request_id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return int(total or 0), [_to_job(row) for row in rows]
+
+    def update(
+        self,
+        request_id: str,
+        changes: dict[str, Any],
+        *,
+        if_status: Collection[Status] | None = None,
+        if_owner: str | None = None,
+    ) -> Job | None:
+        statement = update(JobRequest).where(JobRequest.request_id == request_id)
+        if if_status is not None:
+            statement = statement.where(JobRequest.status.in_([str(s) for s in if_status]))
+        if if_owner is not None:
+            statement = statement.where(JobRequest.lease_owner == if_owner)
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(statement.values(**_to_columns(changes)))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return self.get(request_id)
+
+    def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
+        due = (
+            select(JobRequest.request_id)
+            .where(JobRequest.status == Status.SUBMITTED.value, JobRequest.run_after <= now)
+            .order_by(JobRequest.run_after, JobRequest.dt_job_submitted)
+        )
+        if self._postgres:  # rows locked by another claimer are skipped, not waited for
+            due = due.limit(1).with_for_update(skip_locked=True)
+        else:  # SQLite serialises writers; the status check below settles any race
+            due = due.limit(8)
+        values = _to_columns({"status": Status.PROCESSING, "lease_owner": owner,
+                              "lease_expires_at": lease_until, "last_updated": now})
+        claimed = None
+        with Session(self.engine) as session, session.begin():
+            for request_id in list(session.scalars(due)):
+                result = session.execute(
+                    update(JobRequest)
+                    .where(JobRequest.request_id == request_id,
+                           JobRequest.status == Status.SUBMITTED.value)
+                    .values(**values)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed = request_id
+                    break
+        return self.get(claimed) if claimed else None
+
+    def expired_leases(self, now: datetime) -> list[Job]:
+        return self._select(
+            JobRequest.status == Status.PROCESSING.value, JobRequest.lease_expires_at < now
+        )
+
+    def purgeable(self, completed_before: datetime) -> list[Job]:
+        return self._select(
+            JobRequest.status == Status.SUCCESS.value,
+            JobRequest.files_purged.is_(False),
+            JobRequest.dt_job_completed < completed_before,
+        )
+
+    def release(self, dataset: str | None, now: datetime) -> int:
+        statement = update(JobRequest).where(
+            JobRequest.status == Status.SUBMITTED.value, JobRequest.run_after > now
+        )
+        if dataset is not None:
+            statement = statement.where(JobRequest.job_id == dataset)
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(statement.values(run_after=now))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _select(self, *conditions: Any) -> list[Job]:
+        with Session(self.engine) as session:
+            return [_to_job(row) for row in session.scalars(select(JobRequest).where(*conditions))]
+
+
+def _sql_conditions(where: JobFilter) -> list[Any]:
+    conditions: list[Any] = []
+    if where.channels is not None:
+        conditions.append(JobRequest.requested_channel.in_(list(where.channels)))
+    if where.tags is not None:
+        conditions.append(JobRequest.tag.in_(list(where.tags)))
+    if where.dataset is not None:
+        conditions.append(JobRequest.job_id == where.dataset)
+    if where.status is not None:
+        conditions.append(JobRequest.status == where.status.value)
+    if where.kind is not None:
+        conditions.append(JobRequest.kind == where.kind)
+    if where.submitted_from is not None:
+        conditions.append(JobRequest.dt_job_submitted >= where.submitted_from)
+    if where.submitted_before is not None:
+        conditions.append(JobRequest.dt_job_submitted < where.submitted_before)
+    return conditions
+
+
+def _to_columns(changes: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name == "files":
+            files: list[OutputFile] = value
+            values["files"] = [f.as_dict() for f in files]
+            values["download_urls"] = [f.key for f in files]
+            values["dt_file_created"] = changes.get("completed_at") if files else None
+        elif name == "status":
+            values["status"] = Status(value).value
+        else:
+            values[COLUMNS.get(name, name)] = value
+    return values
+
+
+def _to_row(job: Job) -> dict[str, Any]:
+    return _to_columns({f.name: getattr(job, f.name) for f in fields(job)})
+
+
+def _to_job(row: JobRequest) -> Job:
+    values: dict[str, Any] = {}
+    for f in fields(Job):
+        values[f.name] = getattr(row, COLUMNS.get(f.name, f.name))
+    values["status"] = Status(row.status)
+    values["files"] = [OutputFile(**f) for f in row.files or []]
+    values["progress"] = dict(row.progress or {})
+    return Job(**values)
+
+
+class MemoryJobStore(JobStore):
+    """Jobs in a dict guarded by a lock: the same contract, for tests and experiments."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def insert(self, job: Job) -> bool:
+        with self._lock:
+            if job.request_id in self._jobs:
+                return False
+            self._jobs[job.request_id] = copy.deepcopy(job)
+            return True
+
+    def get(self, request_id: str) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(request_id)
+            return copy.deepcopy(job) if job else None
+
+    def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
+        with self._lock:
+            found = [j for j in self._jobs.values() if where.matches(j)]
+        found.sort(key=lambda j: (-j.submitted_at.timestamp(), j.request_id))
+        return len(found), copy.deepcopy(found[offset : offset + limit])
+
+    def update(
+        self,
+        request_id: str,
+        changes: dict[str, Any],
+        *,
+        if_status: Collection[Status] | None = None,
+        if_owner: str | None = None,
+    ) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(request_id)
+            if job is None or (if_status is not None and job.status not in if_status):
+                return None
+            if if_owner is not None and job.lease_owner != if_owner:
+                return None
+            self._jobs[request_id] = replace(job, **copy.deepcopy(changes))
+            return copy.deepcopy(self._jobs[request_id])
+
+    def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
+        with self._lock:
+            due = [j for j in self._jobs.values() if j.status == Status.SUBMITTED and j.run_after <= now]
+            if not due:
+                return None
+            job = min(due, key=lambda j: (j.run_after, j.submitted_at))
+            job.status, job.lease_owner, job.lease_expires_at = Status.PROCESSING, owner, lease_until
+            job.last_updated = now
+            return copy.deepcopy(job)
+
+    def expired_leases(self, now: datetime) -> list[Job]:
+        return self._where(
+            lambda j: j.status == Status.PROCESSING
+            and j.lease_expires_at is not None
+            and j.lease_expires_at < now
+        )
+
+    def purgeable(self, completed_before: datetime) -> list[Job]:
+        return self._where(
+            lambda j: j.status == Status.SUCCESS
+            and not j.files_purged
+            and j.completed_at is not None
+            and j.completed_at < completed_before
+        )
+
+    def release(self, dataset: str | None, now: datetime) -> int:
+        with self._lock:
+            waiting = [
+                j for j in self._jobs.values()
+                if j.status == Status.SUBMITTED and j.run_after > now
+                and (dataset is None or j.dataset == dataset)
+            ]
+            for job in waiting:
+                job.run_after = now
+            return len(waiting)
+
+    def _where(self, predicate: Any) -> list[Job]:
+        with self._lock:
+            return copy.deepcopy([j for j in self._jobs.values() if predicate(j)])
+
