@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -9,6 +11,7 @@ from sqlalchemy import Engine
 
 from data_exhaust.datasets import Dataset, load_datasets
 from data_exhaust.db import make_engine
+from data_exhaust.executor import EmbeddedExecutor
 from data_exhaust.keys import KeyStore
 from data_exhaust.lake import Lake
 from data_exhaust.manager import JobManager
@@ -16,6 +19,7 @@ from data_exhaust.settings import Settings
 from data_exhaust.storage import BlobStore, open_blob_store
 from data_exhaust.store import SqlJobStore
 from data_exhaust.telemetry import Ingestor
+from data_exhaust.worker import Worker, job_prefix
 
 
 @dataclass
@@ -29,11 +33,41 @@ class Services:
     ingestor: Ingestor
     datasets: dict[str, Dataset] = field(default_factory=dict)
 
+    _last_compaction: float = 0.0
+
     def today(self) -> date:
         return datetime.now(self.settings.tz).date()
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def worker(self, name: str | None = None) -> Worker:
+        return Worker(self.jobs, self.blobs, self.lake, self.datasets, self.settings, name)
+
+    def embedded_executor(self, threads: int | None = None) -> EmbeddedExecutor:
+        count = self.settings.workers if threads is None else threads
+        return EmbeddedExecutor(self.worker(), self.jobs, count, self.settings.poll_seconds,
+                                maintenance=self.maintenance)
+
+    def maintenance(self) -> None:
+        """Periodic upkeep: recover dead workers' jobs, purge old files, compact the lake."""
+        self.jobs.recover_expired()
+        self.jobs.purge_expired(lambda job: self.blobs.delete_prefix(job_prefix(job) + "/"))
+        interval = self.settings.compact_interval_seconds
+        if interval and time.monotonic() - self._last_compaction >= interval:
+            self._last_compaction = time.monotonic()
+            self.compact_lake()
+
+    def compact_lake(self) -> int | None:
+        """Compact the lake unless another process is doing it (an exclusive file lock)."""
+        lock_path = self.settings.data_dir / "compaction.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return self.lake.compact()
 
 
 def build_services(settings: Settings) -> Services:

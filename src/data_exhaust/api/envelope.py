@@ -1,0 +1,46 @@
+"""The response envelope of api.md §1, for answers and for errors."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import ORJSONResponse
+
+from data_exhaust.api.errors import HTTP_STATUS
+
+
+def now_ts() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def api_id(request: Request) -> str:
+    """The API id of the route being answered (the route's name), for the envelope."""
+    route = request.scope.get("route")
+    name = getattr(route, "name", None)
+    return name if isinstance(name, str) and "." in name else "api.data-exhaust"
+
+
+def envelope(
+    request: Request, result: dict[str, Any], *, code: str = "OK", message: str | None = None,
+    msgid: str | None = None,
+) -> ORJSONResponse:
+    failed = code != "OK"
+    body = {
+        "id": api_id(request),
+        "ver": "1.0",
+        "ts": now_ts(),
+        "params": {
+            "resmsgid": str(uuid.uuid4()),
+            "msgid": msgid if msgid is not None else request.state.__dict__.get("msgid"),
+            "status": "failed" if failed else "successful",
+            "err": code if failed else None,
+            "errmsg": message if failed else None,
+            "client_key": None,
+        },
+        "responseCode": code,
+        "result": {} if failed else result,
+    }
+    return ORJSONResponse(body, status_code=HTTP_STATUS[code])
