@@ -53,8 +53,11 @@ class Submission:
     @property
     def request_id(self) -> str:
         return request_id_for(
-            dataset=self.dataset, tag=self.tag, channel=self.channel,
-            requested_by=self.requested_by, dataset_config=self.config,
+            dataset=self.dataset,
+            tag=self.tag,
+            channel=self.channel,
+            requested_by=self.requested_by,
+            dataset_config=self.config,
             output_format=self.output_format,
         )
 
@@ -94,7 +97,7 @@ class JobManager:
             raise JobNotFound
         return job
 
-    def list(self, tag: str, limit: int) -> list[Job]:
+    def list_tag(self, tag: str, limit: int) -> list[Job]:
         return self.store.search(JobFilter(tags=[tag]), limit)[1]
 
     def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
@@ -152,8 +155,14 @@ class JobManager:
         changes["execution_ms"] = execution_ms
         return self._owned_update(job, changes)
 
-    def fail(self, job: Job, message: str, *, transient: bool, execution_ms: int | None = None,
-             ) -> Job | None:
+    def fail(
+        self,
+        job: Job,
+        message: str,
+        *,
+        transient: bool,
+        execution_ms: int | None = None,
+    ) -> Job | None:
         """Record a failed execution: retried after a back-off if transient and allowed."""
         changes = self._failure(job, message, transient=transient)
         changes["execution_ms"] = execution_ms
@@ -168,10 +177,13 @@ class JobManager:
             if job.stop_requested:
                 changes = self._finished(job, Status.STOPPED, "stopped on request", self.clock())
             else:
-                changes = self._failure(job, "the worker running this job was lost",
-                                        transient=True)
-            if self.store.update(job.request_id, changes, if_status=[Status.PROCESSING],
-                                 if_owner=job.lease_owner) is not None:
+                changes = self._failure(job, "the worker running this job was lost", transient=True)
+            if (
+                self.store.update(
+                    job.request_id, changes, if_status=[Status.PROCESSING], if_owner=job.lease_owner
+                )
+                is not None
+            ):
                 log.warning("job.lease_expired", request_id=job.request_id, owner=job.lease_owner)
                 recovered += 1
         return recovered
@@ -183,8 +195,14 @@ class JobManager:
         for job in self.store.purgeable(cutoff):
             delete_files(job)
             message = f"files purged after {self.settings.retention_days} days; submit again"
-            if self.store.update(job.request_id, {"files_purged": True, "message": message},
-                                 if_status=[Status.SUCCESS]) is not None:
+            if (
+                self.store.update(
+                    job.request_id,
+                    {"files_purged": True, "message": message},
+                    if_status=[Status.SUCCESS],
+                )
+                is not None
+            ):
                 purged += 1
         return purged
 
@@ -193,21 +211,37 @@ class JobManager:
     def _new_job(self, submission: Submission, request_id: str) -> Job:
         now = self.clock()
         return Job(
-            tag=stored_tag(submission.tag, submission.channel), request_id=request_id,
-            dataset=submission.dataset, status=Status.SUBMITTED, config=submission.config,
-            channel=submission.channel, requested_by=submission.requested_by,
-            submitted_at=now, last_updated=now, run_after=self.next_run(now),
-            output_format=submission.output_format, kind=submission.kind,
+            tag=stored_tag(submission.tag, submission.channel),
+            request_id=request_id,
+            dataset=submission.dataset,
+            status=Status.SUBMITTED,
+            config=submission.config,
+            channel=submission.channel,
+            requested_by=submission.requested_by,
+            submitted_at=now,
+            last_updated=now,
+            run_after=self.next_run(now),
+            output_format=submission.output_format,
+            kind=submission.kind,
             secret_data=submission.secret_data,
         )
 
     def _requeue(self, job: Job, submission: Submission) -> Job | None:
         now = self.clock()
         changes: dict[str, Any] = {
-            "status": Status.SUBMITTED, "submitted_at": now, "last_updated": now,
-            "run_after": self.next_run(now), "completed_at": None, "execution_ms": None,
-            "message": None, "progress": {}, "stop_requested": False, "files": [],
-            "files_purged": False, "lease_owner": None, "lease_expires_at": None,
+            "status": Status.SUBMITTED,
+            "submitted_at": now,
+            "last_updated": now,
+            "run_after": self.next_run(now),
+            "completed_at": None,
+            "execution_ms": None,
+            "message": None,
+            "progress": {},
+            "stop_requested": False,
+            "files": [],
+            "files_purged": False,
+            "lease_owner": None,
+            "lease_expires_at": None,
             "secret_data": submission.secret_data,
         }
         allowed = [Status.FAILED, Status.STOPPED] + ([Status.SUCCESS] if job.files_purged else [])
@@ -225,9 +259,15 @@ class JobManager:
         return nxt.astimezone(UTC)
 
     def _finished(self, job: Job, status: Status, message: str, now: datetime) -> dict[str, Any]:
-        return {"status": status, "message": message, "completed_at": now, "last_updated": now,
-                "lease_owner": None, "lease_expires_at": None,
-                "stop_requested": job.stop_requested or status == Status.STOPPED}
+        return {
+            "status": status,
+            "message": message,
+            "completed_at": now,
+            "last_updated": now,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "stop_requested": job.stop_requested or status == Status.STOPPED,
+        }
 
     def _failure(self, job: Job, message: str, *, transient: bool) -> dict[str, Any]:
         now = self.clock()
@@ -235,15 +275,22 @@ class JobManager:
         if transient and attempts < self.settings.max_attempts:
             delay = self.settings.retry_backoff_seconds * 2 ** (attempts - 1)
             retry_at = now + timedelta(seconds=delay)
-            return {"status": Status.SUBMITTED, "attempts": attempts, "last_updated": now,
-                    "run_after": retry_at, "lease_owner": None, "lease_expires_at": None,
-                    "message": f"attempt {attempts} failed ({message}); retrying at "
-                               f"{retry_at.isoformat(timespec='seconds')}"}
+            return {
+                "status": Status.SUBMITTED,
+                "attempts": attempts,
+                "last_updated": now,
+                "run_after": retry_at,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "message": f"attempt {attempts} failed ({message}); retrying at "
+                f"{retry_at.isoformat(timespec='seconds')}",
+            }
         changes = self._finished(job, Status.FAILED, message, now)
         changes["attempts"] = attempts
         return changes
 
     def _owned_update(self, job: Job, changes: dict[str, Any]) -> Job | None:
         """Apply ``changes`` only while this execution still holds the job's lease."""
-        return self.store.update(job.request_id, changes, if_status=[Status.PROCESSING],
-                                 if_owner=job.lease_owner)
+        return self.store.update(
+            job.request_id, changes, if_status=[Status.PROCESSING], if_owner=job.lease_owner
+        )

@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 
 from data_exhaust.datasets import Dataset, load_datasets
 from data_exhaust.db import make_engine
-from data_exhaust.executor import EmbeddedExecutor
+from data_exhaust.executor import EmbeddedExecutor, Executor
+from data_exhaust.jobs import Job
 from data_exhaust.keys import KeyStore
 from data_exhaust.lake import Lake
 from data_exhaust.manager import JobManager
@@ -33,30 +34,46 @@ class Services:
     ingestor: Ingestor
     datasets: dict[str, Dataset] = field(default_factory=dict)
 
+    executor: Executor | None = None
     _last_compaction: float = 0.0
 
     def today(self) -> date:
         return datetime.now(self.settings.tz).date()
 
     def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
         self.engine.dispose()
+
+    def notify(self) -> None:
+        """A job was submitted or released: wake the executor, if this process has one."""
+        if self.executor is not None:
+            self.executor.notify()
 
     def worker(self, name: str | None = None) -> Worker:
         return Worker(self.jobs, self.blobs, self.lake, self.datasets, self.settings, name)
 
     def embedded_executor(self, threads: int | None = None) -> EmbeddedExecutor:
         count = self.settings.workers if threads is None else threads
-        return EmbeddedExecutor(self.worker(), self.jobs, count, self.settings.poll_seconds,
-                                maintenance=self.maintenance)
+        return EmbeddedExecutor(
+            self.worker(),
+            self.jobs,
+            count,
+            self.settings.poll_seconds,
+            maintenance=self.maintenance,
+        )
 
     def maintenance(self) -> None:
         """Periodic upkeep: recover dead workers' jobs, purge old files, compact the lake."""
         self.jobs.recover_expired()
-        self.jobs.purge_expired(lambda job: self.blobs.delete_prefix(job_prefix(job) + "/"))
+        self.jobs.purge_expired(self.delete_files)
         interval = self.settings.compact_interval_seconds
         if interval and time.monotonic() - self._last_compaction >= interval:
             self._last_compaction = time.monotonic()
             self.compact_lake()
+
+    def delete_files(self, job: Job) -> None:
+        self.blobs.delete_prefix(job_prefix(job) + "/")
 
     def compact_lake(self) -> int | None:
         """Compact the lake unless another process is doing it (an exclusive file lock)."""
@@ -84,5 +101,5 @@ def build_services(settings: Settings) -> Services:
         lake=lake,
         keys=KeyStore(engine),
         ingestor=Ingestor(lake, engine),
-        datasets=load_datasets(),
+        datasets=load_datasets(settings.plugins),
     )

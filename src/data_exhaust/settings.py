@@ -16,7 +16,7 @@ from croniter import croniter
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SECRET_FILE = "secret.key"
+SECRET_FILE = "secret.key"  # noqa: S105 - a file name, not a secret
 
 
 class Settings(BaseSettings):
@@ -24,12 +24,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EXHAUST_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("./var"), description="SQLite file, blobs, lake and secret live here.")
+    data_dir: Path = Field(
+        Path("./var"), description="SQLite file, blobs, lake and secret live here."
+    )
     database_url: str | None = Field(
         None, description="Job table and registry; default SQLite in the data dir."
     )
-    storage_url: str | None = Field(None, description="Blob store; default file://<data dir>/blobs.")
-    lake_url: str | None = Field(None, description="Telemetry lake; default file://<data dir>/lake.")
+    storage_url: str | None = Field(
+        None, description="Blob store; default file://<data dir>/blobs."
+    )
+    lake_url: str | None = Field(
+        None, description="Telemetry lake; default file://<data dir>/lake."
+    )
     executor: Literal["embedded", "celery"] = Field("embedded", description="Who runs jobs.")
     broker_url: str | None = Field(None, description="Celery broker (amqp:// or redis://).")
     workers: int = Field(2, ge=0, le=64, description="Concurrent jobs per process (0: API only).")
@@ -38,7 +44,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(7, ge=1, description="How long result files are kept.")
     max_attempts: int = Field(3, ge=1, description="Executions before a job stays FAILED.")
     retry_backoff_seconds: float = Field(10.0, ge=0, description="First retry delay; doubles.")
-    lease_seconds: float = Field(30.0, gt=0, description="A worker's claim on a job lasts this long.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A worker's claim on a job lasts this long."
+    )
     poll_seconds: float = Field(1.0, gt=0, description="How often idle workers look for jobs.")
     timezone: str = Field("UTC", description="Calendar of date ranges and file-name dates.")
     secret_key: str | None = Field(None, description="Signs URLs; generated into the data dir.")
@@ -54,6 +62,10 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(5 * 1024 * 1024, description="Largest telemetry batch accepted.")
     smtp_url: str | None = Field(None, description="smtp://host:port for task e-mails.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description='Extra dataset plugins as "module:Class" (JSON list), besides entry points.',
+    )
 
     @field_validator("run_schedule")
     @classmethod
@@ -68,7 +80,9 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name like 'Asia/Kolkata'") from exc
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like 'Asia/Kolkata'"
+            ) from exc
         return value
 
     @property

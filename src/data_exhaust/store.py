@@ -165,15 +165,23 @@ class SqlJobStore(JobStore):
             due = due.limit(1).with_for_update(skip_locked=True)
         else:  # SQLite serialises writers; the status check below settles any race
             due = due.limit(8)
-        values = _to_columns({"status": Status.PROCESSING, "lease_owner": owner,
-                              "lease_expires_at": lease_until, "last_updated": now})
+        values = _to_columns(
+            {
+                "status": Status.PROCESSING,
+                "lease_owner": owner,
+                "lease_expires_at": lease_until,
+                "last_updated": now,
+            }
+        )
         claimed = None
         with Session(self.engine) as session, session.begin():
             for request_id in list(session.scalars(due)):
                 result = session.execute(
                     update(JobRequest)
-                    .where(JobRequest.request_id == request_id,
-                           JobRequest.status == Status.SUBMITTED.value)
+                    .where(
+                        JobRequest.request_id == request_id,
+                        JobRequest.status == Status.SUBMITTED.value,
+                    )
                     .values(**values)
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
@@ -300,34 +308,48 @@ class MemoryJobStore(JobStore):
 
     def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
         with self._lock:
-            due = [j for j in self._jobs.values() if j.status == Status.SUBMITTED and j.run_after <= now]
+            due = [
+                j
+                for j in self._jobs.values()
+                if j.status == Status.SUBMITTED and j.run_after <= now
+            ]
             if not due:
                 return None
             job = min(due, key=lambda j: (j.run_after, j.submitted_at))
-            job.status, job.lease_owner, job.lease_expires_at = Status.PROCESSING, owner, lease_until
+            job.status, job.lease_owner, job.lease_expires_at = (
+                Status.PROCESSING,
+                owner,
+                lease_until,
+            )
             job.last_updated = now
             return copy.deepcopy(job)
 
     def expired_leases(self, now: datetime) -> list[Job]:
         return self._where(
-            lambda j: j.status == Status.PROCESSING
-            and j.lease_expires_at is not None
-            and j.lease_expires_at < now
+            lambda j: (
+                j.status == Status.PROCESSING
+                and j.lease_expires_at is not None
+                and j.lease_expires_at < now
+            )
         )
 
     def purgeable(self, completed_before: datetime) -> list[Job]:
         return self._where(
-            lambda j: j.status == Status.SUCCESS
-            and not j.files_purged
-            and j.completed_at is not None
-            and j.completed_at < completed_before
+            lambda j: (
+                j.status == Status.SUCCESS
+                and not j.files_purged
+                and j.completed_at is not None
+                and j.completed_at < completed_before
+            )
         )
 
     def release(self, dataset: str | None, now: datetime) -> int:
         with self._lock:
             waiting = [
-                j for j in self._jobs.values()
-                if j.status == Status.SUBMITTED and j.run_after > now
+                j
+                for j in self._jobs.values()
+                if j.status == Status.SUBMITTED
+                and j.run_after > now
                 and (dataset is None or j.dataset == dataset)
             ]
             for job in waiting:
@@ -337,4 +359,3 @@ class MemoryJobStore(JobStore):
     def _where(self, predicate: Any) -> list[Job]:
         with self._lock:
             return copy.deepcopy([j for j in self._jobs.values() if predicate(j)])
-

@@ -24,7 +24,11 @@ def api_id(request: Request) -> str:
 
 
 def envelope(
-    request: Request, result: dict[str, Any], *, code: str = "OK", message: str | None = None,
+    request: Request,
+    result: dict[str, Any],
+    *,
+    code: str = "OK",
+    message: str | None = None,
     msgid: str | None = None,
 ) -> ORJSONResponse:
     failed = code != "OK"

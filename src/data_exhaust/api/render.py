@@ -27,8 +27,11 @@ def signed_urls(job: Job, blobs: BlobStore, base_url: str, ttl: int) -> tuple[li
 
 def progress(job: Job) -> dict[str, Any]:
     p = job.progress
-    return {"rowsWritten": p.get("rowsWritten", 0), "rowsTotal": p.get("rowsTotal"),
-            "percent": p.get("percent")}
+    return {
+        "rowsWritten": p.get("rowsWritten", 0),
+        "rowsTotal": p.get("rowsTotal"),
+        "percent": p.get("percent"),
+    }
 
 
 def dataset_job(job: Job, urls: list[str], expires_at: int) -> dict[str, Any]:

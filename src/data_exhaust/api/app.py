@@ -1,0 +1,110 @@
+"""The FastAPI application: routers, the error envelope, metrics and the embedded executor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from data_exhaust import __version__
+from data_exhaust.api import datasets, download, ops, reports, telemetry
+from data_exhaust.api.envelope import envelope
+from data_exhaust.api.errors import ApiError
+from data_exhaust.metrics import Metrics
+from data_exhaust.services import Services
+
+log = structlog.get_logger(__name__)
+
+STATUS_CODES = {
+    400: "CLIENT_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "RESOURCE_NOT_FOUND",
+    405: "CLIENT_ERROR",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "CLIENT_ERROR",
+    422: "CLIENT_ERROR",
+    429: "TOO_MANY_REQUESTS",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+DESCRIPTION = """On-demand data exhaust: post chatbot telemetry, submit export requests, poll
+them, and download the files through signed, expiring URLs. Compatible with Sunbird's
+data-exhaust API (`/dataset/v1/request/*`) and its older report API (`/job/request/*`).
+
+Every route but `/health` and `/download/…` needs `Authorization: Bearer <API key>`
+(create one with `exhaust keys create`); dataset routes also need `X-Channel-ID`."""
+
+
+def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
+    """The API over ``services``; with ``run_executor`` it also runs the embedded workers."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings = services.settings
+        if run_executor and settings.executor == "embedded" and services.executor is None:
+            services.executor = services.embedded_executor()
+            services.executor.start()
+        yield
+        if run_executor and services.executor is not None:
+            services.executor.shutdown()
+            services.executor = None
+
+    app = FastAPI(
+        title="Data Exhaust", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.services = services
+    app.state.metrics = Metrics(lambda where: services.jobs.search(where, 0)[0])
+    for module in (datasets, reports, telemetry, download, ops):
+        app.include_router(module.router)
+    _install_handlers(app)
+    return app
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return envelope(request, {}, code=exc.code, message=exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return envelope(
+            request,
+            {},
+            code="CLIENT_ERROR",
+            message=f"{where or 'request'}: {first.get('msg', 'invalid request')}",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = STATUS_CODES.get(exc.status_code, "SERVER_ERROR")
+        message = "no such route; see /docs" if exc.status_code == 404 else str(exc.detail)
+        return envelope(request, {}, code=code, message=message)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.exception("api.error", path=request.url.path)
+        return envelope(
+            request, {}, code="SERVER_ERROR", message="internal error; it has been logged"
+        )
+
+    @app.middleware("http")
+    async def observe(
+        request: Request,
+        call_next: Callable[[Request], Awaitable[Response]],
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics: Metrics = request.app.state.metrics
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response

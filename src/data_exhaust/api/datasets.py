@@ -1,0 +1,233 @@
+"""The dataset request routes of api.md §4 (Sunbird's data-exhaust API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import ORJSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
+from data_exhaust.api.envelope import envelope
+from data_exhaust.api.errors import ApiError, client_error
+from data_exhaust.api.render import dataset_job, signed_urls
+from data_exhaust.api.schemas import SearchBody, SubmitBody, body
+from data_exhaust.api.submission import DATASET_API, Names, build_submission, parse_body
+from data_exhaust.datasets import SubmitContext
+from data_exhaust.jobs import Job, Status, stored_tag
+from data_exhaust.keys import Caller
+from data_exhaust.manager import JobConflict, JobNotFound
+from data_exhaust.services import Services
+from data_exhaust.store import JobFilter
+
+router = APIRouter(tags=["dataset requests"])
+API = "ekstep.analytics.dataset.request"
+ExhaustCaller = Annotated[Caller, Depends(require_scope("exhaust"))]
+UserHeader = Annotated[str | None, Header(alias="X-Authenticated-Userid")]
+RequestIdQuery = Annotated[str | None, Query(alias="requestId")]
+Renderer = Callable[[Request, "Services", Job], dict[str, Any]]
+
+
+def base_url(request: Request, services: Services) -> str:
+    return services.settings.public_url or str(request.base_url)
+
+
+def render(request: Request, services: Services, job: Job) -> dict[str, Any]:
+    urls, expires = signed_urls(
+        job, services.blobs, base_url(request, services), services.settings.url_ttl_seconds
+    )
+    return dataset_job(job, urls, expires)
+
+
+def require_request_id(request_id: str | None) -> str:
+    if not request_id or not request_id.strip():
+        raise client_error(
+            "requestId is required, e.g. ?requestId=1E2A13DA30671FDBA10C418C9EF14A70"
+        )
+    return request_id.strip()
+
+
+def parse_limit(raw: str | None, default: int = 100) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise client_error(f"limit must be a number from 1 to 1000, not '{raw}'") from None
+    if not 1 <= limit <= 1000:
+        raise client_error(f"limit must be a number from 1 to 1000, not {limit}")
+    return limit
+
+
+async def handle_submit(
+    request: Request,
+    services: Services,
+    caller: Caller,
+    x_channel_id: str | None,
+    user: str | None,
+    names: Names,
+    renderer: Renderer,
+) -> ORJSONResponse:
+    """Validate, submit (or deduplicate) and answer: shared by both submit routes."""
+    channel = channel_of(caller, x_channel_id)
+    payload, msgid = parse_body(await request.body())
+    request.state.msgid = msgid
+
+    def submit() -> dict[str, Any]:
+        submission = build_submission(
+            payload,
+            names=names,
+            caller=caller,
+            channel=channel,
+            user_id=user,
+            datasets=services.datasets,
+            submit=SubmitContext(channel, services.today(), services.settings),
+            secret=services.settings.secret,
+        )
+        job, deduplicated = services.jobs.submit(submission)
+        if not deduplicated:
+            services.notify()
+        return {**renderer(request, services, job), "deduplicated": deduplicated}
+
+    return envelope(request, await run_in_threadpool(submit))
+
+
+@router.post("/dataset/v1/request/submit", name=f"{API}.submit", openapi_extra=body(SubmitBody))
+async def submit_request(
+    request: Request,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+    user: UserHeader = None,
+) -> ORJSONResponse:
+    """Submit an export request; an identical request returns the existing job (deduplicated)."""
+    return await handle_submit(request, services, caller, x_channel_id, user, DATASET_API, render)
+
+
+@router.get("/dataset/v1/request/read/{tag}", name=f"{API}.info")
+def read_request(
+    request: Request,
+    tag: str,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+    request_id: RequestIdQuery = None,
+) -> ORJSONResponse:
+    """A job of this channel by tag and requestId, with freshly signed download URLs."""
+    channel = channel_of(caller, x_channel_id)
+    job = get_job(services, require_request_id(request_id), stored_tag(tag, channel))
+    return envelope(request, render(request, services, job))
+
+
+@router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list")
+def list_requests(
+    request: Request,
+    tag: str,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+    limit: Annotated[str | None, Query()] = None,
+) -> ORJSONResponse:
+    """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
+    channel = channel_of(caller, x_channel_id)
+    jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
+    rendered = [render(request, services, job) for job in jobs]
+    return envelope(request, {"count": len(rendered), "jobs": rendered})
+
+
+@router.post("/dataset/v1/request/search", name=f"{API}.search", openapi_extra=body(SearchBody))
+async def search_requests(
+    request: Request,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+) -> ORJSONResponse:
+    """Jobs of this channel matching filters (dataset, status, requestedDate, tag)."""
+    channel = channel_of(caller, x_channel_id)
+    payload, msgid = parse_body(await request.body())
+    request.state.msgid = msgid
+    where, limit, offset = search_filter(payload, channel, services)
+
+    def search() -> dict[str, Any]:
+        total, jobs = services.jobs.search(where, limit, offset)
+        return {"count": total, "jobs": [render(request, services, job) for job in jobs]}
+
+    return envelope(request, await run_in_threadpool(search))
+
+
+@router.post("/dataset/v1/request/stop/{tag}", name=f"{API}.stop")
+def stop_request(
+    request: Request,
+    tag: str,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+    request_id: RequestIdQuery = None,
+) -> ORJSONResponse:
+    """Stop a job: a waiting one at once, a running one at its next checkpoint (≤ 5 s)."""
+    channel = channel_of(caller, x_channel_id)
+    try:
+        job = services.jobs.stop(require_request_id(request_id), stored_tag(tag, channel))
+    except JobNotFound as exc:
+        raise ApiError("RESOURCE_NOT_FOUND", str(exc)) from None
+    except JobConflict as exc:
+        raise ApiError("CONFLICT", str(exc)) from None
+    return envelope(request, render(request, services, job))
+
+
+def get_job(services: Services, request_id: str, tag: str) -> Job:
+    try:
+        return services.jobs.get(request_id, tag)
+    except JobNotFound as exc:
+        raise ApiError("RESOURCE_NOT_FOUND", str(exc)) from None
+
+
+def search_filter(
+    payload: dict[str, Any], channel: str, services: Services
+) -> tuple[JobFilter, int, int]:
+    filters = payload.get("filters")
+    if not filters:
+        raise client_error("Filters are empty")
+    if not isinstance(filters, dict):
+        raise client_error('filters must be an object like {"status": "SUCCESS"}')
+    status = filters.get("status")
+    if status is not None and status not in Status.__members__:
+        raise client_error(f"status must be one of {', '.join(Status)}")
+    tag = filters.get("tag")
+    dataset = filters.get("dataset")
+    for name, value in (("tag", tag), ("dataset", dataset)):
+        if value is not None and not isinstance(value, str):
+            raise client_error(f"filters.{name} must be a string")
+    start, end = _day_bounds(filters.get("requestedDate"), services)
+    where = JobFilter(
+        channels=[channel],
+        tags=[stored_tag(tag, channel)] if tag else None,
+        dataset=dataset,
+        status=Status(status) if status else None,
+        submitted_from=start,
+        submitted_before=end,
+    )
+    return where, _number(payload, "limit", 100, 1, 1000), _number(payload, "offset", 0, 0, 10**9)
+
+
+def _day_bounds(value: Any, services: Services) -> tuple[datetime | None, datetime | None]:
+    if value is None:
+        return None, None
+    try:
+        day = date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise client_error("requestedDate must be YYYY-MM-DD")
+    start = datetime.combine(day, time(), services.settings.tz)
+    return start, datetime.combine(day + timedelta(days=1), time(), services.settings.tz)
+
+
+def _number(payload: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = payload.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise client_error(f"{name} must be a whole number from {low} to {high}")
+    return value

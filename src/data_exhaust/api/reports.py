@@ -1,0 +1,72 @@
+"""The older report routes of api.md §5 (seed 001), on the same engine and job table."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import ORJSONResponse
+
+from data_exhaust.api.datasets import UserHeader, base_url, get_job, handle_submit, parse_limit
+from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
+from data_exhaust.api.envelope import envelope
+from data_exhaust.api.render import report_job, signed_urls
+from data_exhaust.api.schemas import ReportSubmitBody, body
+from data_exhaust.api.submission import REPORT_API
+from data_exhaust.jobs import Job, stored_tag
+from data_exhaust.keys import Caller
+from data_exhaust.services import Services
+
+router = APIRouter(tags=["report jobs (seed 001)"])
+API = "ekstep.analytics.job.request"
+ExhaustCaller = Annotated[Caller, Depends(require_scope("exhaust"))]
+
+
+def render(request: Request, services: Services, job: Job) -> dict[str, Any]:
+    urls, expires = signed_urls(
+        job, services.blobs, base_url(request, services), services.settings.url_ttl_seconds
+    )
+    return report_job(job, urls, expires)
+
+
+@router.post("/job/request/submit", name=f"{API}.submit", openapi_extra=body(ReportSubmitBody))
+async def submit_report(
+    request: Request,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+    user: UserHeader = None,
+) -> ORJSONResponse:
+    """Submit a report job (``jobId`` is a dataset id, ``jobConfig`` its config)."""
+    return await handle_submit(request, services, caller, x_channel_id, user, REPORT_API, render)
+
+
+@router.get("/job/request/read/{tag}/{request_id}", name=f"{API}.info")
+def read_report(
+    request: Request,
+    tag: str,
+    request_id: str,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+) -> ORJSONResponse:
+    """A report job by tag and request id."""
+    channel = channel_of(caller, x_channel_id)
+    job = get_job(services, request_id, stored_tag(tag, channel))
+    return envelope(request, render(request, services, job))
+
+
+@router.get("/job/request/list/{tag}", name=f"{API}.list")
+def list_reports(
+    request: Request,
+    tag: str,
+    services: ServicesDep,
+    caller: ExhaustCaller,
+    x_channel_id: ChannelHeader = None,
+    limit: Annotated[str | None, Query()] = None,
+) -> ORJSONResponse:
+    """The report jobs of a tag, newest first."""
+    channel = channel_of(caller, x_channel_id)
+    jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
+    rendered = [render(request, services, job) for job in jobs]
+    return envelope(request, {"count": len(rendered), "jobs": rendered})

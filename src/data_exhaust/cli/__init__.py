@@ -1,0 +1,40 @@
+"""The ``exhaust`` command line: run the service, administer it, and talk to it as a client."""
+
+from __future__ import annotations
+
+import typer
+
+from data_exhaust import __version__
+from data_exhaust.cli import admin, remote
+from data_exhaust.logs import configure
+
+app = typer.Typer(
+    name="exhaust",
+    help="Data Exhaust: turn chatbot telemetry into CSV files, on demand and safely.\n\n"
+    "Settings come from EXHAUST_* environment variables or a .env file "
+    "(see docs/reference/settings.md). Start with `exhaust serve --first-run`.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+admin.register(app)
+remote.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    log_level: str = typer.Option("INFO", envvar="EXHAUST_LOG_LEVEL", help="DEBUG, INFO, WARNING"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    configure(log_level.upper())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,192 @@
+"""Commands that run or administer the service on this machine (they read EXHAUST_* settings)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from data_exhaust.db import migrate
+from data_exhaust.demo import DEMO_CHANNEL, demo_events
+from data_exhaust.keys import SCOPES, KeyError_
+from data_exhaust.services import Services, build_services
+from data_exhaust.settings import Settings
+from data_exhaust.telemetry import ingest_file
+
+console = Console(stderr=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+lake_app = typer.Typer(help="Look after the telemetry lake.", no_args_is_help=True)
+
+
+def services() -> Services:
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    return build_services(settings)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    first_run: bool = typer.Option(
+        False,
+        "--first-run",
+        help="Load demo data into an empty lake and print a fresh demo API key (make run).",
+    ),
+) -> None:
+    """Run the API, with the embedded workers unless EXHAUST_WORKERS=0."""
+    import uvicorn
+
+    from data_exhaust.api.app import create_app
+
+    svc = services()
+    if first_run:
+        _first_run(svc, host, port)
+    uvicorn.run(create_app(svc), host=host, port=port, log_level="warning")
+
+
+def _first_run(svc: Services, host: str, port: int) -> None:
+    if svc.lake.stats().get("events", 0) == 0 and not svc.lake.has_data():
+        result = svc.ingestor.ingest({"events": list(demo_events())})
+        console.print(f"Loaded {result.accepted} demo events into the lake.")
+    for key in svc.keys.list():
+        if key.name == "make-run" and key.revoked_at is None:
+            svc.keys.revoke(key.key_id)
+    _, plain = svc.keys.create("make-run", [DEMO_CHANNEL], list(SCOPES))
+    base = f"http://{host}:{port}"
+    console.print(f"\n[bold]Data Exhaust[/] on {base}  (docs: {base}/docs)")
+    console.print("A demo API key (channel demo-channel; replaced at every `make run`):")
+    console.print(f"  export KEY={plain}")
+    console.print("Try:")
+    console.print(
+        f'  curl -s {base}/dataset/v1/request/list/demo -H "Authorization: Bearer $KEY" '
+        f"-H 'X-Channel-ID: {DEMO_CHANNEL}'\n"
+    )
+
+
+def worker(
+    threads: int = typer.Option(None, help="Concurrent jobs (default EXHAUST_WORKERS)."),
+) -> None:
+    """Run workers without the API, against the same database (Ctrl-C stops after the jobs)."""
+    svc = services()
+    if svc.settings.executor != "embedded":
+        raise typer.BadParameter("EXHAUST_EXECUTOR=celery workers are not available yet")
+    executor = svc.embedded_executor(threads)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    executor.start()
+    console.print(f"worker running {executor.threads} job(s) at a time; Ctrl-C to stop")
+    done.wait()
+    executor.shutdown()
+
+
+def migrate_cmd() -> None:
+    """Create or upgrade the database schema (idempotent)."""
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    console.print("database is up to date")
+
+
+def keys_create(
+    channel: list[str] = typer.Option([], "--channel", "-c", help="A channel (repeatable)."),
+    scope: str = typer.Option("exhaust", help=f"Comma-separated scopes: {', '.join(SCOPES)}."),
+    name: str = typer.Option("api-client", help="Who the key is for (shown in lists, logs)."),
+) -> None:
+    """Create a key. The key is printed once, on the last line; only its hash is stored."""
+    scopes = [s.strip() for s in scope.split(",") if s.strip()]
+    try:
+        info, plain = services().keys.create(name, channel, scopes)
+    except KeyError_ as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"created key {info.key_id} ({name}) channels={channel} scopes={scopes}")
+    typer.echo(plain)
+
+
+def keys_list() -> None:
+    """List keys (ids, names, channels, scopes; never the keys themselves)."""
+    table = Table("id", "name", "channels", "scopes", "created", "revoked")
+    for key in services().keys.list():
+        table.add_row(
+            key.key_id,
+            key.name,
+            ",".join(key.channels),
+            ",".join(key.scopes),
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
+        )
+    Console().print(table)
+
+
+def keys_revoke(key_id: str = typer.Argument(help="The id shown by `exhaust keys list`.")) -> None:
+    """Revoke a key: it stops working at once."""
+    try:
+        services().keys.revoke(key_id)
+    except KeyError_ as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"revoked {key_id}")
+
+
+def ingest(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines."),
+) -> None:
+    """Bulk-load telemetry events from a JSON-lines file (one event, or one batch, a line)."""
+    svc = services()
+    columns = (
+        TextColumn("ingest"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[events]} events"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("ingest", total=path.stat().st_size, events=0)
+        result = ingest_file(
+            path,
+            svc.lake,
+            on_progress=lambda done, events: progress.update(task, completed=done, events=events),
+        )
+    console.print(
+        f"accepted {result.accepted}, rejected {result.rejected} (quarantined with "
+        "their line numbers)"
+    )
+
+
+def compact() -> None:
+    """Rewrite raw telemetry segments into date-partitioned Parquet."""
+    count = services().compact_lake()
+    if count is None:
+        console.print("another process is compacting the lake; try again later")
+    else:
+        console.print(f"compacted {count} events")
+
+
+def replay(dataset: str = typer.Option(None, help="Only jobs of this dataset.")) -> None:
+    """Run every waiting job (of a dataset) now instead of at the EXHAUST_RUN_SCHEDULE window."""
+    count = services().jobs.release(dataset)
+    console.print(f"{count} waiting job(s) released; running workers pick them up now")
+
+
+def demo() -> None:
+    """Write realistic demo telemetry (3 bots, 40 devices, 7 days) into the lake."""
+    result = services().ingestor.ingest({"events": list(demo_events())})
+    console.print(f"ingested {result.accepted} demo events for channel {DEMO_CHANNEL}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)
+    app.command("migrate")(migrate_cmd)
+    app.command()(ingest)
+    app.command()(replay)
+    app.command()(demo)
+    keys_app.command("create")(keys_create)
+    keys_app.command("list")(keys_list)
+    keys_app.command("revoke")(keys_revoke)
+    lake_app.command("compact")(compact)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(lake_app, name="lake")

@@ -1,0 +1,99 @@
+"""Shared fixtures: real databases (SQLite files, and Postgres databases cloned from a migrated
+template), settings in a temporary data dir, and a service stack over them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from data_exhaust.db import migrate
+from data_exhaust.services import Services, build_services
+from data_exhaust.settings import Settings
+
+PG_HOST = os.environ.get("EXHAUST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need(service: str, available: bool) -> None:
+    """Skip locally when a service is absent; in CI that is a failure, never a skip."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{service} is not running; CI must test against it")
+    pytest.skip(f"{service} is not running")
+
+
+def _pg_admin() -> psycopg.Connection[tuple[object, ...]] | None:
+    try:
+        return psycopg.connect(f"{PG_HOST}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        return None
+
+
+def sa_url(database: str) -> str:
+    return f"{PG_HOST.replace('postgresql://', 'postgresql+psycopg://')}/{database}"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated once per test session; each test clones it (fast, isolated)."""
+    admin = _pg_admin()
+    need("PostgreSQL", admin is not None)
+    assert admin is not None
+    name = f"exhaust_tpl_{os.getpid()}"
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.execute(f'CREATE DATABASE "{name}"')
+    migrate(sa_url(name))
+    yield name
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def postgres_url(pg_template: str) -> Iterator[str]:
+    name = f"exhaust_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{PG_HOST}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield sa_url(name)
+    with psycopg.connect(f"{PG_HOST}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'exhaust.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every test using this runs on SQLite and on Postgres."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir, "database_url": database_url, "secret_key": "test-secret",
+        "lease_seconds": 3.0, "poll_seconds": 0.2, "retry_backoff_seconds": 0.0,
+        "compact_interval_seconds": 0, "plugins": ["tests.plugins:CountingDataset"],
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path / "data", database_url)
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    built = build_services(settings)
+    yield built
+    built.close()

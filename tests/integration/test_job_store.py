@@ -1,0 +1,113 @@
+"""One contract for every job store: in memory, SQLite and Postgres."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from data_exhaust.db import make_engine
+from data_exhaust.jobs import Job, OutputFile, Status
+from data_exhaust.store import JobFilter, JobStore, MemoryJobStore, SqlJobStore
+
+T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+    if request.param == "memory":
+        yield MemoryJobStore()
+        return
+    engine = make_engine(request.getfixturevalue(f"{request.param}_url"))
+    yield SqlJobStore(engine)
+    engine.dispose()
+
+
+def job(request_id: str, *, channel: str = "c1", tag: str = "t", minutes: int = 0,
+        status: Status = Status.SUBMITTED, dataset: str = "d") -> Job:
+    at = T0 + timedelta(minutes=minutes)
+    return Job(tag=f"{tag}:{channel}", request_id=request_id, dataset=dataset, status=status,
+               config={"conversationId": "x", "नाम": "मान"}, channel=channel, requested_by="u",
+               submitted_at=at, last_updated=at, run_after=at)
+
+
+def test_insert_get_round_trip_keeps_every_field(store: JobStore) -> None:
+    original = job("A")
+    original.files = [OutputFile("f.csv", "d/A/f.csv", 10, "ab" * 32, 3)]
+    original.progress = {"rowsWritten": 3, "rowsTotal": None, "percent": None}
+    assert store.insert(original)
+    assert store.get("A") == original
+    assert store.get("missing") is None
+
+
+def test_insert_twice_is_refused(store: JobStore) -> None:
+    assert store.insert(job("A"))
+    assert not store.insert(job("A"))
+
+
+def test_search_filters_pages_and_orders_newest_first(store: JobStore) -> None:
+    for i in range(5):
+        store.insert(job(f"J{i}", minutes=i, channel="c1" if i % 2 == 0 else "c2"))
+    total, page = store.search(JobFilter(channels=["c1"]), limit=2)
+    assert total == 3
+    assert [j.request_id for j in page] == ["J4", "J2"]
+    assert [j.request_id for j in store.search(JobFilter(channels=["c1"]), 2, 2)[1]] == ["J0"]
+    assert store.search(JobFilter(tags=["t:c2"]), 10)[0] == 2
+    window = JobFilter(submitted_from=T0 + timedelta(minutes=1),
+                       submitted_before=T0 + timedelta(minutes=3))
+    assert {j.request_id for j in store.search(window, 10)[1]} == {"J1", "J2"}
+
+
+def test_update_is_a_compare_and_set(store: JobStore) -> None:
+    store.insert(job("A"))
+    assert store.update("A", {"message": "x"}, if_status=[Status.PROCESSING]) is None
+    updated = store.update("A", {"message": "x"}, if_status=[Status.SUBMITTED])
+    assert updated is not None and updated.message == "x"
+    assert store.update("A", {"message": "y"}, if_owner="someone") is None
+    assert store.update("missing", {"message": "y"}) is None
+
+
+def test_claim_takes_the_oldest_due_job_once(store: JobStore) -> None:
+    store.insert(job("late", minutes=5))
+    store.insert(job("early", minutes=1))
+    now, lease = T0 + timedelta(minutes=2), T0 + timedelta(minutes=3)
+    claimed = store.claim("w1", now, lease)
+    assert claimed is not None and claimed.request_id == "early"
+    assert claimed.status == Status.PROCESSING and claimed.lease_owner == "w1"
+    assert store.claim("w2", now, lease) is None  # "late" is not due yet
+
+
+def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
+    for i in range(30):
+        store.insert(job(f"J{i:02}", minutes=i % 3))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while (got := store.claim(name, T0 + timedelta(hours=1), T0 + timedelta(hours=2))):
+            with lock:
+                claimed.append(got.request_id)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == [f"J{i:02}" for i in range(30)]
+
+
+def test_expired_leases_purgeable_and_release(store: JobStore) -> None:
+    store.insert(job("run"))
+    store.claim("w", T0, T0 + timedelta(seconds=30))
+    assert store.expired_leases(T0 + timedelta(seconds=10)) == []
+    assert [j.request_id for j in store.expired_leases(T0 + timedelta(minutes=1))] == ["run"]
+    done = job("done", status=Status.SUCCESS)
+    done.completed_at = T0
+    store.insert(done)
+    assert [j.request_id for j in store.purgeable(T0 + timedelta(days=1))] == ["done"]
+    store.insert(job("wait", minutes=60, dataset="x"))
+    assert store.release("other", T0) == 0
+    assert store.release("x", T0) == 1
+    assert store.get("wait").run_after == T0  # type: ignore[union-attr]
