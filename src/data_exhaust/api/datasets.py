@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
@@ -70,7 +70,7 @@ async def handle_submit(
     user: str | None,
     names: Names,
     renderer: Renderer,
-) -> ORJSONResponse:
+) -> Response:
     """Validate, submit (or deduplicate) and answer: shared by both submit routes."""
     channel = channel_of(caller, x_channel_id)
     payload, msgid = parse_body(await request.body())
@@ -102,7 +102,7 @@ async def submit_request(
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
     user: UserHeader = None,
-) -> ORJSONResponse:
+) -> Response:
     """Submit an export request; an identical request returns the existing job (deduplicated)."""
     return await handle_submit(request, services, caller, x_channel_id, user, DATASET_API, render)
 
@@ -115,7 +115,7 @@ def read_request(
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
     request_id: RequestIdQuery = None,
-) -> ORJSONResponse:
+) -> Response:
     """A job of this channel by tag and requestId, with freshly signed download URLs."""
     channel = channel_of(caller, x_channel_id)
     job = get_job(services, require_request_id(request_id), stored_tag(tag, channel))
@@ -130,7 +130,7 @@ def list_requests(
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
     limit: Annotated[str | None, Query()] = None,
-) -> ORJSONResponse:
+) -> Response:
     """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
     channel = channel_of(caller, x_channel_id)
     jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
@@ -144,7 +144,7 @@ async def search_requests(
     services: ServicesDep,
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
-) -> ORJSONResponse:
+) -> Response:
     """Jobs of this channel matching filters (dataset, status, requestedDate, tag)."""
     channel = channel_of(caller, x_channel_id)
     payload, msgid = parse_body(await request.body())
@@ -166,7 +166,7 @@ def stop_request(
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
     request_id: RequestIdQuery = None,
-) -> ORJSONResponse:
+) -> Response:
     """Stop a job: a waiting one at once, a running one at its next checkpoint (≤ 5 s)."""
     channel = channel_of(caller, x_channel_id)
     try:

@@ -31,7 +31,9 @@ def authenticate(
         raise ApiError("UNAUTHORIZED", "Authorization header must be 'Bearer <API key>'")
     caller = services.keys.authenticate(token.strip())
     if caller is None:
-        raise ApiError("UNAUTHORIZED", "unknown or revoked API key; create one with `exhaust keys create`")
+        raise ApiError(
+            "UNAUTHORIZED", "unknown or revoked API key; create one with `exhaust keys create`"
+        )
     return caller
 
 

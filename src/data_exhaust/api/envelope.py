@@ -6,8 +6,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 
 from data_exhaust.api.errors import HTTP_STATUS
 
@@ -30,7 +31,7 @@ def envelope(
     code: str = "OK",
     message: str | None = None,
     msgid: str | None = None,
-) -> ORJSONResponse:
+) -> Response:
     failed = code != "OK"
     body = {
         "id": api_id(request),
@@ -38,7 +39,7 @@ def envelope(
         "ts": now_ts(),
         "params": {
             "resmsgid": str(uuid.uuid4()),
-            "msgid": msgid if msgid is not None else request.state.__dict__.get("msgid"),
+            "msgid": msgid if msgid is not None else getattr(request.state, "msgid", None),
             "status": "failed" if failed else "successful",
             "err": code if failed else None,
             "errmsg": message if failed else None,
@@ -47,4 +48,8 @@ def envelope(
         "responseCode": code,
         "result": {} if failed else result,
     }
-    return ORJSONResponse(body, status_code=HTTP_STATUS[code])
+    return json_response(body, HTTP_STATUS[code])
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")

@@ -17,7 +17,7 @@ HTTP_STATUS = {
 
 
 class ApiError(Exception):
-    """Raised anywhere in a route; answered as ``{"responseCode": code, params.errmsg: message}``."""
+    """Raised anywhere in a route; answered with ``responseCode`` and ``params.errmsg``."""
 
     def __init__(self, code: str, message: str) -> None:
         if code not in HTTP_STATUS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
@@ -36,7 +36,7 @@ def checks(services: Services) -> dict[str, dict[str, Any]]:
 
 
 @router.get("/health", name="api.health")
-def health(request: Request, services: ServicesDep) -> ORJSONResponse:
+def health(request: Request, services: ServicesDep) -> Response:
     """Database, storage and executor status; 503 when one is unhealthy. No key needed."""
     found = checks(services)
     healthy = all(part["healthy"] for part in found.values())

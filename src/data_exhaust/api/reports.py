@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 
 from data_exhaust.api.datasets import UserHeader, base_url, get_job, handle_submit, parse_limit
 from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
@@ -36,7 +36,7 @@ async def submit_report(
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
     user: UserHeader = None,
-) -> ORJSONResponse:
+) -> Response:
     """Submit a report job (``jobId`` is a dataset id, ``jobConfig`` its config)."""
     return await handle_submit(request, services, caller, x_channel_id, user, REPORT_API, render)
 
@@ -49,7 +49,7 @@ def read_report(
     services: ServicesDep,
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
-) -> ORJSONResponse:
+) -> Response:
     """A report job by tag and request id."""
     channel = channel_of(caller, x_channel_id)
     job = get_job(services, request_id, stored_tag(tag, channel))
@@ -64,7 +64,7 @@ def list_reports(
     caller: ExhaustCaller,
     x_channel_id: ChannelHeader = None,
     limit: Annotated[str | None, Query()] = None,
-) -> ORJSONResponse:
+) -> Response:
     """The report jobs of a tag, newest first."""
     channel = channel_of(caller, x_channel_id)
     jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))

@@ -117,24 +117,35 @@ def build_submission(
         )
     requested_channel = _optional_text(request, "requestedChannel", 100)
     if requested_channel is not None and requested_channel != channel:
-        raise client_error(f"requestedChannel '{requested_channel}' must equal X-Channel-ID "
-                           f"'{channel}' (or be left out)")
+        raise client_error(
+            f"requestedChannel '{requested_channel}' must equal X-Channel-ID "
+            f"'{channel}' (or be left out)"
+        )
     output_format = _output_format(request)
     if output_format not in dataset.formats:
-        raise client_error(f"dataset '{dataset_id}' can only be written as "
-                           f"{', '.join(dataset.formats)}")
+        raise client_error(
+            f"dataset '{dataset_id}' can only be written as {', '.join(dataset.formats)}"
+        )
     secret_data = _pii_checks(request, dataset, caller, secret)
     try:
         normalised = dataset.validate(config, submit)
     except ConfigError as exc:
         raise client_error(str(exc)) from None
     requested_by = _optional_text(request, "requestedBy") or user_id or caller.name
-    return Submission(dataset=dataset_id, tag=tag, channel=channel, requested_by=requested_by,
-                      config=normalised, output_format=output_format, secret_data=secret_data)
+    return Submission(
+        dataset=dataset_id,
+        tag=tag,
+        channel=channel,
+        requested_by=requested_by,
+        config=normalised,
+        output_format=output_format,
+        secret_data=secret_data,
+    )
 
 
-def _pii_checks(request: dict[str, Any], dataset: Dataset, caller: Caller,
-                secret: bytes) -> str | None:
+def _pii_checks(
+    request: dict[str, Any], dataset: Dataset, caller: Caller, secret: bytes
+) -> str | None:
     """PII datasets need the pii scope and an encryption key, which is sealed, never echoed."""
     key = request.get("encryptionKey")
     if key is not None and (not isinstance(key, str) or not 8 <= len(key) <= 128):
@@ -142,9 +153,14 @@ def _pii_checks(request: dict[str, Any], dataset: Dataset, caller: Caller,
     if not dataset.pii:
         return None
     if "pii" not in caller.scopes:
-        raise ApiError("FORBIDDEN", f"dataset '{dataset.id}' contains personal data; it needs an "
-                                    "API key with the 'pii' scope")
+        raise ApiError(
+            "FORBIDDEN",
+            f"dataset '{dataset.id}' contains personal data; it needs an "
+            "API key with the 'pii' scope",
+        )
     if not key:
-        raise client_error(f"encryptionKey is required for dataset '{dataset.id}': the file is "
-                           "delivered in a zip encrypted with it (8 to 128 characters)")
+        raise client_error(
+            f"encryptionKey is required for dataset '{dataset.id}': the file is "
+            "delivered in a zip encrypted with it (8 to 128 characters)"
+        )
     return seal(secret, orjson.dumps({"encryptionKey": key}).decode())

@@ -1,0 +1,119 @@
+"""``POST /v1/telemetry`` (alias ``/data/v1/telemetry``): the chatbot's telemetry (api.md §6).
+
+The body is read and parsed here rather than by FastAPI/pydantic: a 1,000-event batch must not
+be turned into models (orjson on the raw bytes is an order of magnitude cheaper), and the size
+limit must be enforced before parsing. The ingest itself blocks on ``fsync``, so it runs in the
+thread pool, keeping the event loop free for other requests.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from data_exhaust.api.deps import get_services, require_scope
+from data_exhaust.api.errors import ApiError
+from data_exhaust.keys import Caller
+from data_exhaust.telemetry import EVENTS_HINT, IngestResult
+
+router = APIRouter(tags=["telemetry"])
+IngestCaller = Annotated[Caller, Depends(require_scope("ingest"))]
+
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A Sunbird telemetry v3 event (datasets.md §1); extra fields are kept.",
+    "required": ["eid", "ets", "ver", "mid", "actor", "context", "edata"],
+    "properties": {
+        "eid": {"type": "string", "example": "ASSESS"},
+        "ets": {"type": "integer", "description": "epoch milliseconds", "example": 1655822756892},
+        "ver": {"type": "string", "enum": ["3.0", "3.1"]},
+        "mid": {"type": "string"},
+        "actor": {"type": "object", "required": ["id", "type"]},
+        "context": {"type": "object", "required": ["channel", "env", "pdata"]},
+        "edata": {"type": "object"},
+        "object": {"type": "object"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "additionalProperties": True,
+}
+BODY_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["events"],
+                    "properties": {
+                        "id": {"type": "string", "example": "api.sunbird.telemetry"},
+                        "ver": {"type": "string", "example": "3.0"},
+                        "params": {
+                            "type": "object",
+                            "properties": {"msgid": {"type": "string"}},
+                            "description": "A batch whose msgid was accepted is not stored twice",
+                        },
+                        "ets": {"type": "integer", "description": "epoch milliseconds"},
+                        "events": {"type": "array", "items": _EVENT_SCHEMA},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_body(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    too_large = f"the telemetry batch exceeds {limit:,} bytes; send fewer events per request"
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError("PAYLOAD_TOO_LARGE", too_large)
+    raw = await request.body()
+    if len(raw) > limit:
+        raise ApiError("PAYLOAD_TOO_LARGE", too_large)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = f"the request body is not valid JSON ({exc}); {EVENTS_HINT}"
+        raise ApiError("CLIENT_ERROR", message) from None
+    if not isinstance(body, dict):
+        raise ApiError("CLIENT_ERROR", EVENTS_HINT)
+    return body
+
+
+def _answer(body: dict[str, Any], result: IngestResult) -> Response:
+    params = body.get("params")
+    msgid = params.get("msgid") if isinstance(params, dict) else None
+    return Response(
+        {
+            "id": "api.telemetry",
+            "ver": "1.0",
+            "ets": int(time.time() * 1000),
+            "params": {"resmsgid": str(uuid.uuid4()), "msgid": msgid, "status": "successful"},
+            "responseCode": "SUCCESS",
+            "result": {"accepted": result.accepted, "rejected": result.rejected},
+        }
+    )
+
+
+@router.post("/v1/telemetry", name="api.telemetry", openapi_extra=BODY_SCHEMA)
+@router.post(
+    "/data/v1/telemetry", name="api.telemetry.alias", openapi_extra=BODY_SCHEMA,
+    include_in_schema=False,
+)  # fmt: skip
+async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
+    """Store a batch of telemetry v3 events: valid ones durably, invalid ones in quarantine.
+
+    The answer lists each rejected event (``index``, ``mid``, ``errors``); the rest of the
+    batch is accepted. A batch whose ``params.msgid`` was already accepted is acknowledged
+    again without being stored twice. Up to 5 MB per request.
+    """
+    services = get_services(request)
+    body = await _read_body(request, services.settings.max_body_bytes)
+    result = await run_in_threadpool(services.ingestor.ingest, body)
+    return _answer(body, result)

@@ -1,0 +1,237 @@
+"""The HTTP API in process (TestClient) over real databases: envelope, validation messages,
+auth and tenancy, the request lifecycle routes and the report routes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from data_exhaust.api.app import create_app
+from data_exhaust.executor import InlineExecutor
+from data_exhaust.services import Services
+
+CONFIG = {"rows": 3}
+
+
+@pytest.fixture
+def client(services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(services, run_executor=False)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def key(services: Services) -> str:
+    return services.keys.create("tester", ["c1", "c2"], ["exhaust"])[1]
+
+
+def headers(key: str, channel: str | None = "c1", **extra: str) -> dict[str, str]:
+    found = {"Authorization": f"Bearer {key}", **extra}
+    if channel is not None:
+        found["X-Channel-ID"] = channel
+    return found
+
+
+def submit_body(**request: Any) -> dict[str, Any]:
+    base = {"tag": "t1", "dataset": "test-counting", "datasetConfig": CONFIG}
+    return {"id": "x", "ver": "1.0", "params": {"msgid": "m-1"}, "request": {**base, **request}}
+
+
+def error_of(response: Any) -> tuple[int, str, str]:
+    body = response.json()
+    assert body["params"]["status"] == "failed" and body["result"] == {}
+    assert body["params"]["err"] == body["responseCode"]
+    return response.status_code, body["responseCode"], body["params"]["errmsg"]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"tag": ""}, "tag is empty"),
+        ({"tag": "", "dataset": ""}, "tag is empty"),
+        ({"dataset": ""}, "dataset is empty"),
+        ({"dataset": "", "datasetConfig": {}}, "dataset is empty"),
+        ({"datasetConfig": {}}, "datasetConfig is empty"),
+        ({"dataset": "nope"}, "dataset 'nope' is not supported; supported datasets: "),
+        ({"tag": "a/b"}, "tag must not contain '/' or ':'"),
+        ({"tag": "x" * 101}, "tag must be at most 100 characters"),
+        ({"tag": 5}, "tag must be a string"),
+        ({"datasetConfig": [1]}, "datasetConfig must be a JSON object"),
+        ({"output_format": "xlsx"}, "output_format 'xlsx' is not supported"),
+        ({"requestedChannel": "c2"}, "requestedChannel 'c2' must equal X-Channel-ID 'c1'"),
+        ({"encryptionKey": "short"}, "encryptionKey must be a string of 8 to 128 characters"),
+        ({"datasetConfig": {"rows": "many"}}, "rows must be a whole number"),
+    ],
+)
+def test_submit_validation_messages(
+    client: TestClient, key: str, request_fields: dict[str, Any], message: str
+) -> None:
+    response = client.post("/dataset/v1/request/submit", json=submit_body(**request_fields),
+                           headers=headers(key))
+    status, code, errmsg = error_of(response)
+    assert (status, code) == (400, "CLIENT_ERROR")
+    assert errmsg.startswith(message)
+    assert client.get("/dataset/v1/request/list/t1", headers=headers(key)).json()["result"][
+        "count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "the body is not valid JSON"),
+        (b"[1, 2]", "the body must be a JSON object"),
+        (b'{"params": {}}', 'the body must have a "request" object'),
+        (b'{"request": "x"}', 'the body must have a "request" object'),
+        (b"", "the body is not valid JSON"),
+    ],
+)
+def test_malformed_bodies_are_client_errors(
+    client: TestClient, key: str, raw: bytes, message: str
+) -> None:
+    response = client.post("/dataset/v1/request/submit", content=raw,
+                           headers={**headers(key), "Content-Type": "application/json"})
+    status, code, errmsg = error_of(response)
+    assert (status, code) == (400, "CLIENT_ERROR") and errmsg.startswith(message)
+
+
+def test_auth_and_channel_errors(client: TestClient, key: str, services: Services) -> None:
+    route = "/dataset/v1/request/list/t1"
+    assert error_of(client.get(route))[:2] == (401, "UNAUTHORIZED")
+    assert error_of(client.get(route, headers=headers("dx_nope_nope")))[:2] == (401, "UNAUTHORIZED")
+    assert error_of(client.get(route, headers=headers(key, None))) == (
+        403, "FORBIDDEN", "X-Channel-ID is missing in request header")
+    assert error_of(client.get(route, headers=headers(key, "c9"))) == (
+        403, "FORBIDDEN", "X-Channel-ID 'c9' is not allowed for this API key")
+    ingest_only = services.keys.create("bot", ["c1"], ["ingest"])[1]
+    assert error_of(client.get(route, headers=headers(ingest_only)))[:2] == (403, "FORBIDDEN")
+    revoked_info, revoked = services.keys.create("old", ["c1"], ["exhaust"])
+    services.keys.revoke(revoked_info.key_id)
+    assert error_of(client.get(route, headers=headers(revoked)))[:2] == (401, "UNAUTHORIZED")
+
+
+def test_submit_read_list_search_and_dedup(client: TestClient, key: str) -> None:
+    response = client.post("/dataset/v1/request/submit", json=submit_body(),
+                           headers=headers(key, **{"X-Authenticated-Userid": "user-7"}))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == "ekstep.analytics.dataset.request.submit"
+    assert body["params"]["msgid"] == "m-1" and body["params"]["status"] == "successful"
+    job = body["result"]
+    assert re.fullmatch(r"[0-9A-F]{32}", job["requestId"])
+    assert job["tag"] == "t1:c1" and job["status"] == "SUBMITTED" and job["deduplicated"] is False
+    assert job["requestedBy"] == "user-7" and job["requestedChannel"] == "c1"
+    assert job["downloadUrls"] == [] and job["jobStats"]["dtJobCompleted"] is None
+    again = client.post("/dataset/v1/request/submit", json=submit_body(),
+                        headers=headers(key, **{"X-Authenticated-Userid": "user-7"})).json()
+    assert again["result"]["deduplicated"] is True
+    assert again["result"]["requestId"] == job["requestId"]
+    read = client.get(f"/dataset/v1/request/read/t1?requestId={job['requestId']}",
+                      headers=headers(key)).json()
+    assert read["id"] == "ekstep.analytics.dataset.request.info"
+    assert read["result"]["requestId"] == job["requestId"]
+    listed = client.get("/dataset/v1/request/list/t1?limit=5", headers=headers(key)).json()
+    assert listed["result"]["count"] == 1
+    search = {"request": {"filters": {"status": "SUBMITTED", "dataset": "test-counting"}}}
+    found = client.post("/dataset/v1/request/search", json=search, headers=headers(key)).json()
+    assert found["result"]["count"] == 1
+
+
+def test_list_and_search_argument_errors(client: TestClient, key: str) -> None:
+    for limit in ("abc", "0", "1001"):
+        response = client.get(f"/dataset/v1/request/list/t1?limit={limit}", headers=headers(key))
+        assert error_of(response)[:2] == (400, "CLIENT_ERROR")
+    empty = client.post("/dataset/v1/request/search", json={"request": {"filters": {}}},
+                        headers=headers(key))
+    assert error_of(empty) == (400, "CLIENT_ERROR", "Filters are empty")
+    bad_date = {"request": {"filters": {"requestedDate": "22-11-2026"}}}
+    assert error_of(client.post("/dataset/v1/request/search", json=bad_date,
+                                headers=headers(key)))[2] == "requestedDate must be YYYY-MM-DD"
+    missing = client.get("/dataset/v1/request/read/t1", headers=headers(key))
+    assert error_of(missing)[2].startswith("requestId is required")
+
+
+def test_channels_are_isolated(client: TestClient, key: str, services: Services) -> None:
+    job = client.post("/dataset/v1/request/submit", json=submit_body(),
+                      headers=headers(key)).json()["result"]
+    other = services.keys.create("other-state", ["c3"], ["exhaust"])[1]
+    read = client.get(f"/dataset/v1/request/read/t1?requestId={job['requestId']}",
+                      headers=headers(other, "c3"))
+    assert error_of(read) == (404, "RESOURCE_NOT_FOUND",
+                              "no job available with the given request_id and tag")
+    assert client.get("/dataset/v1/request/list/t1", headers=headers(other, "c3")).json()[
+        "result"] == {"count": 0, "jobs": []}
+    stop = client.post(f"/dataset/v1/request/stop/t1?requestId={job['requestId']}",
+                       headers=headers(other, "c3"))
+    assert error_of(stop)[0] == 404
+    same_key_other_channel = client.get(
+        f"/dataset/v1/request/read/t1?requestId={job['requestId']}", headers=headers(key, "c2"))
+    assert error_of(same_key_other_channel)[0] == 404
+
+
+def test_stop_routes(client: TestClient, key: str, services: Services) -> None:
+    job = client.post("/dataset/v1/request/submit", json=submit_body(),
+                      headers=headers(key)).json()["result"]
+    url = f"/dataset/v1/request/stop/t1?requestId={job['requestId']}"
+    stopped = client.post(url, headers=headers(key)).json()
+    assert stopped["id"] == "ekstep.analytics.dataset.request.stop"
+    assert stopped["result"]["status"] == "STOPPED"
+    assert client.post(url, headers=headers(key)).json()["result"]["status"] == "STOPPED"
+    services.executor = InlineExecutor(services.worker())
+    done = client.post("/dataset/v1/request/submit", json=submit_body(tag="t2"),
+                       headers=headers(key)).json()["result"]
+    assert services.jobs.get(done["requestId"]).status == "SUCCESS"
+    conflict = client.post(f"/dataset/v1/request/stop/t2?requestId={done['requestId']}",
+                           headers=headers(key))
+    assert error_of(conflict) == (409, "CONFLICT", "job already finished with status SUCCESS")
+
+
+def test_success_gives_signed_urls_that_download_the_file(
+    client: TestClient, key: str, services: Services
+) -> None:
+    services.executor = InlineExecutor(services.worker())
+    job = client.post("/dataset/v1/request/submit", json=submit_body(),
+                      headers=headers(key)).json()["result"]
+    read = client.get(f"/dataset/v1/request/read/t1?requestId={job['requestId']}",
+                      headers=headers(key)).json()["result"]
+    assert read["status"] == "SUCCESS" and len(read["downloadUrls"]) == 1
+    assert read["files"][0]["rows"] == 3 and read["progress"]["rowsWritten"] == 3
+    url = read["downloadUrls"][0]
+    assert "signature=" in url and "expires=" in url
+    download = client.get(url)
+    assert download.status_code == 200
+    assert download.text == 'n,label\n1,"row 1"\n2,"row 2"\n3,"row 3"\n'
+
+
+def test_report_routes_use_the_seed_shapes(client: TestClient, key: str) -> None:
+    body = {"id": "ekstep.analytics.job.request.submit", "params": {"msgid": "r1"},
+            "request": {"tag": "client-1", "jobId": "test-counting", "jobConfig": CONFIG,
+                        "output_format": "csv"}}
+    submitted = client.post("/job/request/submit", json=body, headers=headers(key)).json()
+    assert submitted["id"] == "ekstep.analytics.job.request.submit"
+    job = submitted["result"]
+    assert job["request"]["jobId"] == "test-counting" and job["status"] == "SUBMITTED"
+    assert set(job["job_stats"]) == {"dt_job_submitted", "dt_job_completed", "execution_time"}
+    read = client.get(f"/job/request/read/client-1/{job['request_id']}", headers=headers(key))
+    assert read.json()["id"] == "ekstep.analytics.job.request.info"
+    listed = client.get("/job/request/list/client-1?limit=10", headers=headers(key)).json()
+    assert listed["id"] == "ekstep.analytics.job.request.list"
+    assert listed["result"]["count"] == 1
+    body["request"]["jobId"] = ""
+    bad = client.post("/job/request/submit", json=body, headers=headers(key))
+    assert error_of(bad) == (400, "CLIENT_ERROR", "jobId is empty")
+
+
+def test_operations_routes(client: TestClient, key: str, services: Services) -> None:
+    health = client.get("/health").json()
+    assert health["result"]["healthy"] is True
+    assert health["result"]["checks"]["database"]["healthy"] is True
+    assert error_of(client.get("/metrics", headers=headers(key)))[0] == 403
+    admin = services.keys.create("ops", [], ["admin"])[1]
+    metrics = client.get("/metrics", headers=headers(admin))
+    assert metrics.status_code == 200 and 'exhaust_jobs{status="SUBMITTED"}' in metrics.text
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+    missing = client.get("/no/such/route", headers=headers(key))
+    assert error_of(missing)[:2] == (404, "RESOURCE_NOT_FOUND")
