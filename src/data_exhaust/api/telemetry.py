@@ -89,16 +89,15 @@ async def _read_body(request: Request, limit: int) -> dict[str, Any]:
 def _answer(body: dict[str, Any], result: IngestResult) -> Response:
     params = body.get("params")
     msgid = params.get("msgid") if isinstance(params, dict) else None
-    return Response(
-        {
-            "id": "api.telemetry",
-            "ver": "1.0",
-            "ets": int(time.time() * 1000),
-            "params": {"resmsgid": str(uuid.uuid4()), "msgid": msgid, "status": "successful"},
-            "responseCode": "SUCCESS",
-            "result": {"accepted": result.accepted, "rejected": result.rejected},
-        }
-    )
+    answer = {
+        "id": "api.telemetry",
+        "ver": "1.0",
+        "ets": int(time.time() * 1000),
+        "params": {"resmsgid": str(uuid.uuid4()), "msgid": msgid, "status": "successful"},
+        "responseCode": "SUCCESS",
+        "result": {"accepted": result.accepted, "rejected": result.rejected},
+    }
+    return Response(orjson.dumps(answer), media_type="application/json")
 
 
 @router.post("/v1/telemetry", name="api.telemetry", openapi_extra=BODY_SCHEMA)
@@ -115,5 +114,8 @@ async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
     """
     services = get_services(request)
     body = await _read_body(request, services.settings.max_body_bytes)
+    params = body.get("params")
+    if isinstance(params, dict) and isinstance(params.get("msgid"), str):
+        request.state.msgid = params["msgid"]  # echoed by error envelopes too
     result = await run_in_threadpool(services.ingestor.ingest, body)
     return _answer(body, result)
