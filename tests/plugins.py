@@ -3,6 +3,7 @@ and fails on demand. Loaded like any third-party plugin (EXHAUST_PLUGINS / load_
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -11,9 +12,6 @@ import pyarrow as pa
 
 from data_exhaust.datasets import ConfigError, Dataset, PermanentError, RunContext, SubmitContext
 from data_exhaust.jobs import OutputFile
-
-COUNTER = "attempt-counter"
-
 
 class CountingDataset(Dataset):
     id: ClassVar[str] = "test-counting"
@@ -28,6 +26,10 @@ class CountingDataset(Dataset):
 
     def run(self, ctx: RunContext) -> list[OutputFile]:
         config = ctx.job.config
+        log = os.environ.get("COUNTING_RUN_LOG")
+        if log:  # one line per execution, so tests can prove no job ran twice at once
+            with open(log, "a") as out:
+                out.write(f"{ctx.job.request_id} {os.getpid()}\n")
         if config["fail"] == "permanent":
             raise PermanentError("asked to fail permanently")
         if config["fail"] == "transient":

@@ -110,8 +110,12 @@ class EmbeddedExecutor(Executor):
 
     def status(self) -> dict[str, object]:
         alive = sum(t.is_alive() for t in self._pool)
-        return {"executor": self.name, "threads": self.threads, "alive": alive,
-                "healthy": alive == len(self._pool)}
+        return {
+            "executor": self.name,
+            "threads": self.threads,
+            "alive": alive,
+            "healthy": alive == len(self._pool),
+        }
 
     def _work(self) -> None:
         while not self._stopping.is_set():

@@ -17,7 +17,7 @@ SCOPES = ("exhaust", "pii", "ingest", "admin")
 PREFIX = "dx"
 
 
-class KeyError_(ValueError):  # noqa: N801 - KeyError is a builtin
+class KeyError_(ValueError):
     """A key cannot be created or revoked as asked."""
 
 
@@ -69,8 +69,15 @@ class KeyStore:
             raise KeyError_("give at least one --channel (only admin keys may have none)")
         key_id = secrets.token_hex(6)
         plain = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        row = ApiKey(key_id=key_id, name=name, key_hash=_digest(plain), channels=channels,
-                     scopes=sorted(set(scopes)), created_at=datetime.now(UTC), revoked_at=None)
+        row = ApiKey(
+            key_id=key_id,
+            name=name,
+            key_hash=_digest(plain),
+            channels=channels,
+            scopes=sorted(set(scopes)),
+            created_at=datetime.now(UTC),
+            revoked_at=None,
+        )
         with Session(self.engine) as session, session.begin():
             session.add(row)
             info = _info(row)
@@ -103,5 +110,6 @@ class KeyStore:
 
 
 def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(row.key_id, row.name, list(row.channels), list(row.scopes), row.created_at,
-                   row.revoked_at)
+    return KeyInfo(
+        row.key_id, row.name, list(row.channels), list(row.scopes), row.created_at, row.revoked_at
+    )

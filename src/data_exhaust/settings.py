@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A worker's claim on a job lasts this long."
     )
     poll_seconds: float = Field(1.0, gt=0, description="How often idle workers look for jobs.")
+    maintenance_seconds: float = Field(
+        10.0, gt=0, description="How often to recover dead workers' jobs and purge old files."
+    )
     timezone: str = Field("UTC", description="Calendar of date ranges and file-name dates.")
     secret_key: str | None = Field(None, description="Signs URLs; generated into the data dir.")
     public_url: str | None = Field(

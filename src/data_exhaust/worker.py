@@ -76,13 +76,22 @@ class JobContext:
         return connection
 
     def write(
-        self, stem: str, header: Sequence[str], batches: pa.RecordBatchReader,
+        self,
+        stem: str,
+        header: Sequence[str],
+        batches: pa.RecordBatchReader,
         rows_total: int | None = None,
     ) -> OutputFile:
         start = self.rows_done
         return write_output(
-            self.blobs, job_prefix(self.job), stem, self.job.output_format, header, batches,
-            bom=self.settings.csv_bom, formula_guard=self.settings.csv_formula_guard,
+            self.blobs,
+            job_prefix(self.job),
+            stem,
+            self.job.output_format,
+            header,
+            batches,
+            bom=self.settings.csv_bom,
+            formula_guard=self.settings.csv_formula_guard,
             on_batch=lambda rows: self.checkpoint(start + rows, rows_total),
         )
 
@@ -110,8 +119,13 @@ class Worker:
     """Claims jobs and runs them, one at a time per call of :meth:`run_one`."""
 
     def __init__(
-        self, jobs: JobManager, blobs: BlobStore, lake: Lake, datasets: dict[str, Dataset],
-        settings: Settings, name: str | None = None,
+        self,
+        jobs: JobManager,
+        blobs: BlobStore,
+        lake: Lake,
+        datasets: dict[str, Dataset],
+        settings: Settings,
+        name: str | None = None,
     ) -> None:
         self.jobs, self.blobs, self.lake = jobs, blobs, lake
         self.datasets, self.settings = datasets, settings
@@ -131,7 +145,9 @@ class Worker:
         ctx = JobContext(job, self.settings, self.lake, self.blobs, today)
         heartbeat = _Heartbeat(self.jobs, ctx, self.settings.lease_seconds)
         started = time.monotonic()
-        log.info("job.started", request_id=job.request_id, dataset=job.dataset, owner=job.lease_owner)
+        log.info(
+            "job.started", request_id=job.request_id, dataset=job.dataset, owner=job.lease_owner
+        )
         heartbeat.start()
         try:
             self._run(job, ctx, started)
@@ -168,8 +184,12 @@ class Worker:
             if self.jobs.succeed(job, files, elapsed()) is None:
                 log.warning("job.lease_lost", request_id=job.request_id)
                 return
-            log.info("job.succeeded", request_id=job.request_id, rows=sum(f.rows for f in files),
-                     ms=elapsed())
+            log.info(
+                "job.succeeded",
+                request_id=job.request_id,
+                rows=sum(f.rows for f in files),
+                ms=elapsed(),
+            )
 
     def _discard(self, job: Job, ctx: JobContext) -> None:
         """Remove every file a run published before it stopped or failed.

@@ -157,6 +157,14 @@ def _range_applies(headers: Mapping[str, str], info: BlobInfo) -> bool:
     return if_range == http_date(info.modified)
 
 
+def _requested_range(headers: Mapping[str, str], info: BlobInfo) -> tuple[int, int] | None:
+    """The ``[start, end)`` to send as a 206, or None for the whole blob."""
+    range_header = headers.get("range")
+    if range_header is None or not _range_applies(headers, info):
+        return None
+    return parse_range(range_header, info.size)
+
+
 def _body(blobs: BlobStore, key: str, start: int, end: int) -> Iterator[bytes]:
     """The byte stream, its first chunk already read (a vanished blob is a 404 here)."""
     chunks = blobs.read(key, start, end)
@@ -184,17 +192,15 @@ def download(
     if _not_modified(request.headers, info):
         return Response(status_code=304, headers=headers)
     headers["Accept-Ranges"] = "bytes"
-    start, end, status = 0, info.size, 200
-    range_header = request.headers.get("range")
-    if range_header is not None and _range_applies(request.headers, info):
-        try:
-            selected = parse_range(range_header, info.size)
-        except RangeNotSatisfiable:
-            headers["Content-Range"] = f"bytes */{info.size}"
-            return Response(status_code=416, headers=headers)
-        if selected is not None:
-            (start, end), status = selected, 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    try:
+        selected = _requested_range(request.headers, info)
+    except RangeNotSatisfiable:
+        headers["Content-Range"] = f"bytes */{info.size}"
+        return Response(status_code=416, headers=headers)
+    start, end = selected or (0, info.size)
+    if selected:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    status = 206 if selected else 200
     headers |= {
         "Content-Length": str(end - start),
         "Content-Type": content_type(key),

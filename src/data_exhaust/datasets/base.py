@@ -43,7 +43,7 @@ class NoDataFound(PermanentError):
         super().__init__("No data found")
 
 
-class StopRequested(Exception):  # noqa: N818 - a signal, not an error
+class StopRequested(Exception):
     """Raised at a checkpoint when the job's stop flag is set."""
 
 
@@ -70,9 +70,11 @@ class RunContext(Protocol):
     def duckdb(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection (interrupted if the job is stopped mid-query)."""
 
-
     def write(
-        self, stem: str, header: Sequence[str], batches: pa.RecordBatchReader,
+        self,
+        stem: str,
+        header: Sequence[str],
+        batches: pa.RecordBatchReader,
         rows_total: int | None = None,
     ) -> OutputFile:
         """Stream ``batches`` into ``<stem>.<ext>`` in the job's output format and publish it."""
