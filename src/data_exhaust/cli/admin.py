@@ -50,7 +50,8 @@ def serve(
 
 
 def _first_run(svc: Services, host: str, port: int) -> None:
-    if svc.lake.stats().get("events", 0) == 0 and not svc.lake.has_data():
+    stats = svc.lake.stats()
+    if stats["raw_segments"] == 0 and stats["parquet_files"] == 0:
         result = svc.ingestor.ingest({"events": list(demo_events())})
         console.print(f"Loaded {result.accepted} demo events into the lake.")
     for key in svc.keys.list():
