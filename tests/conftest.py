@@ -79,9 +79,14 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "data_dir": data_dir, "database_url": database_url, "secret_key": "test-secret",
-        "lease_seconds": 3.0, "poll_seconds": 0.2, "retry_backoff_seconds": 0.0,
-        "compact_interval_seconds": 0, "plugins": ["tests.plugins:CountingDataset"],
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "secret_key": "test-secret",
+        "lease_seconds": 3.0,
+        "poll_seconds": 0.2,
+        "retry_backoff_seconds": 0.0,
+        "compact_interval_seconds": 0,
+        "plugins": ["tests.plugins:CountingDataset"],
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

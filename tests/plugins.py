@@ -13,6 +13,7 @@ import pyarrow as pa
 from data_exhaust.datasets import ConfigError, Dataset, PermanentError, RunContext, SubmitContext
 from data_exhaust.jobs import OutputFile
 
+
 class CountingDataset(Dataset):
     id: ClassVar[str] = "test-counting"
     title: ClassVar[str] = "Counts from 1 to rows, batch by batch (tests only)"
@@ -21,8 +22,12 @@ class CountingDataset(Dataset):
         rows = config.get("rows")
         if not isinstance(rows, int) or rows < 0:
             raise ConfigError("rows must be a whole number")
-        return {"rows": rows, "delay": float(config.get("delay", 0)),
-                "fail": config.get("fail"), "batch": int(config.get("batch", 100))}
+        return {
+            "rows": rows,
+            "delay": float(config.get("delay", 0)),
+            "fail": config.get("fail"),
+            "batch": int(config.get("batch", 100)),
+        }
 
     def run(self, ctx: RunContext) -> list[OutputFile]:
         config = ctx.job.config

@@ -1,7 +1,7 @@
 """SQLAlchemy models: the job table (``job_request``), API keys and ingest bookkeeping.
 
 Only :mod:`data_exhaust.manager` (jobs), :mod:`data_exhaust.keys` and
-:mod:`data_exhaust.telemetry` touch these tables; the Alembic migrations must produce exactly
+:mod:`data_exhaust.ingest` touch these tables; the Alembic migrations must produce exactly
 this schema (a test checks it).
 """
 

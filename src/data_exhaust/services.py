@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from data_exhaust.datasets import Dataset, load_datasets
 from data_exhaust.db import make_engine
 from data_exhaust.executor import EmbeddedExecutor, Executor
+from data_exhaust.ingest import Ingestor
 from data_exhaust.jobs import Job
 from data_exhaust.keys import KeyStore
 from data_exhaust.lake import Lake
@@ -19,7 +20,6 @@ from data_exhaust.manager import JobManager
 from data_exhaust.settings import Settings
 from data_exhaust.storage import BlobStore, open_blob_store
 from data_exhaust.store import SqlJobStore
-from data_exhaust.telemetry import Ingestor
 from data_exhaust.worker import Worker, job_prefix
 
 

@@ -37,24 +37,33 @@ class Deployment:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXHAUST_")}
-        env.update({
-            "EXHAUST_DATA_DIR": str(self.data_dir),
-            "EXHAUST_DATABASE_URL": self.database_url,
-            "EXHAUST_SECRET_KEY": "acceptance-secret",
-            "EXHAUST_LEASE_SECONDS": "2",
-            "EXHAUST_POLL_SECONDS": "0.2",
-            "EXHAUST_MAINTENANCE_SECONDS": "0.5",
-            "EXHAUST_RETRY_BACKOFF_SECONDS": "0",
-            "EXHAUST_PLUGINS": '["tests.plugins:CountingDataset"]',
-            "EXHAUST_LOG_JSON": "1",
-            "PYTHONPATH": str(ROOT),
-        })
+        env.update(
+            {
+                "EXHAUST_DATA_DIR": str(self.data_dir),
+                "EXHAUST_DATABASE_URL": self.database_url,
+                "EXHAUST_SECRET_KEY": "acceptance-secret",
+                "EXHAUST_LEASE_SECONDS": "2",
+                "EXHAUST_POLL_SECONDS": "0.2",
+                "EXHAUST_MAINTENANCE_SECONDS": "0.5",
+                "EXHAUST_RETRY_BACKOFF_SECONDS": "0",
+                "EXHAUST_PLUGINS": '["tests.plugins:CountingDataset"]',
+                "EXHAUST_LOG_JSON": "1",
+                "PYTHONPATH": str(ROOT),
+            }
+        )
         env.update(self.extra_env)
         return env
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([EXHAUST, *args], env=self.env, cwd=self.data_dir.parent,
-                              capture_output=True, text=True, check=check, timeout=120)
+        return subprocess.run(
+            [EXHAUST, *args],
+            env=self.env,
+            cwd=self.data_dir.parent,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
 
     def create_key(self, channel: str, scopes: str) -> str:
         result = self.run("keys", "create", "--channel", channel, "--scope", scopes)
@@ -63,8 +72,13 @@ class Deployment:
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log_path = self.data_dir.parent / f"{args[0]}-{len(self.processes)}.log"
         with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen([EXHAUST, *args], env={**self.env, **env},
-                                       cwd=self.data_dir.parent, stdout=log, stderr=log)
+            process = subprocess.Popen(
+                [EXHAUST, *args],
+                env={**self.env, **env},
+                cwd=self.data_dir.parent,
+                stdout=log,
+                stderr=log,
+            )
         self.processes.append(process)
         return process
 

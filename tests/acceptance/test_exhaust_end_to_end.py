@@ -22,9 +22,11 @@ CHANNEL = "state-a"
 BOT = "c63b6faa-11a9-4259-b941-11cd2f8446c6"
 DAY_MS = 86_400_000
 JUNE_21 = 1655769600000  # 2022-06-21T00:00:00Z
-HEADER = ("Message ID,Conversation ID,Conversation Name,Device ID,Session ID,Question Id,"
-          "Question Type,Question Title,Question Description,Question Duration,Question Score,"
-          "Question Max Score,Question Options,Question Response,X Path,Eof,Timestamp")
+HEADER = (
+    "Message ID,Conversation ID,Conversation Name,Device ID,Session ID,Question Id,"
+    "Question Type,Question Title,Question Description,Question Duration,Question Score,"
+    "Question Max Score,Question Options,Question Response,X Path,Eof,Timestamp"
+)
 TITLES = [
     "Which subject, of all, do you like?",
     'Did the teacher say "well done"?',
@@ -71,11 +73,23 @@ def expected_row(e: dict[str, Any]) -> list[str]:
     stamp = datetime.fromtimestamp(e["ets"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
     duration = e["edata"]["duration"]
     return [
-        e["mid"], BOT, "", context["did"], context["sid"], item["id"], item["type"],
-        guard(item["title"]), item["desc"], str(int(duration + 0.5)), number(e["edata"]["score"]),
-        number(item["maxscore"]), json.dumps(item["params"], **compact),  # type: ignore[arg-type]
+        e["mid"],
+        BOT,
+        "",
+        context["did"],
+        context["sid"],
+        item["id"],
+        item["type"],
+        guard(item["title"]),
+        item["desc"],
+        str(int(duration + 0.5)),
+        number(e["edata"]["score"]),
+        number(item["maxscore"]),
+        json.dumps(item["params"], **compact),  # type: ignore[arg-type]
         json.dumps(e["edata"]["resvalues"], **compact),  # type: ignore[arg-type]
-        context["rollup"]["l3"], context["rollup"]["l4"], stamp + "Z",
+        context["rollup"]["l3"],
+        context["rollup"]["l4"],
+        stamp + "Z",
     ]
 
 
@@ -90,23 +104,38 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
         event(92, ets=JUNE_21 + 5 * DAY_MS, mid="noise-3"),  # after the range
         event(93, eid="INTERACT", mid="noise-4"),
     ]
-    batch = {"id": "api.sunbird.telemetry", "ver": "3.0", "params": {"msgid": "batch-1"},
-             "ets": JUNE_21, "events": wanted + noise}
+    batch = {
+        "id": "api.sunbird.telemetry",
+        "ver": "3.0",
+        "params": {"msgid": "batch-1"},
+        "ets": JUNE_21,
+        "events": wanted + noise,
+    }
     ingested = httpx.post(f"{base}/v1/telemetry", json=batch, headers=auth, timeout=30).json()
     assert ingested["result"] == {"accepted": 44, "rejected": []}
     again = httpx.post(f"{base}/v1/telemetry", json=batch, headers=auth, timeout=30).json()
     assert again["responseCode"] == "SUCCESS"  # a retried batch is acknowledged, not stored twice
 
-    request = {"tag": "nightly", "dataset": "uci-response-exhaust",
-               "datasetConfig": {"type": "uci-response-exhaust", "conversationId": BOT,
-                                 "startDate": "2022-06-21", "endDate": "2022-06-22"}}
-    submitted = httpx.post(f"{base}/dataset/v1/request/submit", json={"request": request},
-                           headers=auth, timeout=30).json()["result"]
+    request = {
+        "tag": "nightly",
+        "dataset": "uci-response-exhaust",
+        "datasetConfig": {
+            "type": "uci-response-exhaust",
+            "conversationId": BOT,
+            "startDate": "2022-06-21",
+            "endDate": "2022-06-22",
+        },
+    }
+    submitted = httpx.post(
+        f"{base}/dataset/v1/request/submit", json={"request": request}, headers=auth, timeout=30
+    ).json()["result"]
     read_url = f"{base}/dataset/v1/request/read/nightly?requestId={submitted['requestId']}"
 
     def finished() -> bool:
-        return httpx.get(read_url, headers=auth).json()["result"]["status"] != "PROCESSING" and \
-            httpx.get(read_url, headers=auth).json()["result"]["status"] != "SUBMITTED"
+        return (
+            httpx.get(read_url, headers=auth).json()["result"]["status"] != "PROCESSING"
+            and httpx.get(read_url, headers=auth).json()["result"]["status"] != "SUBMITTED"
+        )
 
     wait_until(finished)
     job = httpx.get(read_url, headers=auth).json()["result"]
@@ -123,8 +152,19 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
     assert job["files"][0]["rows"] == 40
 
     cli_dir = tmp_path / "cli-download"
-    deployment.run("download", "nightly", submitted["requestId"], "--dest", str(cli_dir),
-                   "--server", base, "--key", key, "--channel", CHANNEL)
+    deployment.run(
+        "download",
+        "nightly",
+        submitted["requestId"],
+        "--dest",
+        str(cli_dir),
+        "--server",
+        base,
+        "--key",
+        key,
+        "--channel",
+        CHANNEL,
+    )
     assert (cli_dir / f"{BOT}_response_{today}.csv").read_bytes() == body
 
     parts = urlparse(url)
@@ -139,11 +179,18 @@ def test_no_matching_event_fails_with_no_data_found(deployment: Deployment) -> N
     base = deployment.serve()
     key = deployment.create_key(CHANNEL, "exhaust")
     auth = {"Authorization": f"Bearer {key}", "X-Channel-ID": CHANNEL}
-    request = {"tag": "empty", "dataset": "uci-response-exhaust",
-               "datasetConfig": {"conversationId": "nobody", "startDate": "2022-01-01",
-                                 "endDate": "2022-01-02"}}
-    job = httpx.post(f"{base}/dataset/v1/request/submit", json={"request": request},
-                     headers=auth).json()["result"]
+    request = {
+        "tag": "empty",
+        "dataset": "uci-response-exhaust",
+        "datasetConfig": {
+            "conversationId": "nobody",
+            "startDate": "2022-01-01",
+            "endDate": "2022-01-02",
+        },
+    }
+    job = httpx.post(
+        f"{base}/dataset/v1/request/submit", json={"request": request}, headers=auth
+    ).json()["result"]
     read_url = f"{base}/dataset/v1/request/read/empty?requestId={job['requestId']}"
     wait_until(lambda: httpx.get(read_url, headers=auth).json()["result"]["status"] == "FAILED")
     failed = httpx.get(read_url, headers=auth).json()["result"]

@@ -69,13 +69,16 @@ def error_of(response: Any) -> tuple[int, str, str]:
 def test_submit_validation_messages(
     client: TestClient, key: str, request_fields: dict[str, Any], message: str
 ) -> None:
-    response = client.post("/dataset/v1/request/submit", json=submit_body(**request_fields),
-                           headers=headers(key))
+    response = client.post(
+        "/dataset/v1/request/submit", json=submit_body(**request_fields), headers=headers(key)
+    )
     status, code, errmsg = error_of(response)
     assert (status, code) == (400, "CLIENT_ERROR")
     assert errmsg.startswith(message)
-    assert client.get("/dataset/v1/request/list/t1", headers=headers(key)).json()["result"][
-        "count"] == 0
+    assert (
+        client.get("/dataset/v1/request/list/t1", headers=headers(key)).json()["result"]["count"]
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,8 +94,11 @@ def test_submit_validation_messages(
 def test_malformed_bodies_are_client_errors(
     client: TestClient, key: str, raw: bytes, message: str
 ) -> None:
-    response = client.post("/dataset/v1/request/submit", content=raw,
-                           headers={**headers(key), "Content-Type": "application/json"})
+    response = client.post(
+        "/dataset/v1/request/submit",
+        content=raw,
+        headers={**headers(key), "Content-Type": "application/json"},
+    )
     status, code, errmsg = error_of(response)
     assert (status, code) == (400, "CLIENT_ERROR") and errmsg.startswith(message)
 
@@ -102,9 +108,15 @@ def test_auth_and_channel_errors(client: TestClient, key: str, services: Service
     assert error_of(client.get(route))[:2] == (401, "UNAUTHORIZED")
     assert error_of(client.get(route, headers=headers("dx_nope_nope")))[:2] == (401, "UNAUTHORIZED")
     assert error_of(client.get(route, headers=headers(key, None))) == (
-        403, "FORBIDDEN", "X-Channel-ID is missing in request header")
+        403,
+        "FORBIDDEN",
+        "X-Channel-ID is missing in request header",
+    )
     assert error_of(client.get(route, headers=headers(key, "c9"))) == (
-        403, "FORBIDDEN", "X-Channel-ID 'c9' is not allowed for this API key")
+        403,
+        "FORBIDDEN",
+        "X-Channel-ID 'c9' is not allowed for this API key",
+    )
     ingest_only = services.keys.create("bot", ["c1"], ["ingest"])[1]
     assert error_of(client.get(route, headers=headers(ingest_only)))[:2] == (403, "FORBIDDEN")
     revoked_info, revoked = services.keys.create("old", ["c1"], ["exhaust"])
@@ -113,8 +125,11 @@ def test_auth_and_channel_errors(client: TestClient, key: str, services: Service
 
 
 def test_submit_read_list_search_and_dedup(client: TestClient, key: str) -> None:
-    response = client.post("/dataset/v1/request/submit", json=submit_body(),
-                           headers=headers(key, **{"X-Authenticated-Userid": "user-7"}))
+    response = client.post(
+        "/dataset/v1/request/submit",
+        json=submit_body(),
+        headers=headers(key, **{"X-Authenticated-Userid": "user-7"}),
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["id"] == "ekstep.analytics.dataset.request.submit"
@@ -124,12 +139,16 @@ def test_submit_read_list_search_and_dedup(client: TestClient, key: str) -> None
     assert job["tag"] == "t1:c1" and job["status"] == "SUBMITTED" and job["deduplicated"] is False
     assert job["requestedBy"] == "user-7" and job["requestedChannel"] == "c1"
     assert job["downloadUrls"] == [] and job["jobStats"]["dtJobCompleted"] is None
-    again = client.post("/dataset/v1/request/submit", json=submit_body(),
-                        headers=headers(key, **{"X-Authenticated-Userid": "user-7"})).json()
+    again = client.post(
+        "/dataset/v1/request/submit",
+        json=submit_body(),
+        headers=headers(key, **{"X-Authenticated-Userid": "user-7"}),
+    ).json()
     assert again["result"]["deduplicated"] is True
     assert again["result"]["requestId"] == job["requestId"]
-    read = client.get(f"/dataset/v1/request/read/t1?requestId={job['requestId']}",
-                      headers=headers(key)).json()
+    read = client.get(
+        f"/dataset/v1/request/read/t1?requestId={job['requestId']}", headers=headers(key)
+    ).json()
     assert read["id"] == "ekstep.analytics.dataset.request.info"
     assert read["result"]["requestId"] == job["requestId"]
     listed = client.get("/dataset/v1/request/list/t1?limit=5", headers=headers(key)).json()
@@ -143,48 +162,62 @@ def test_list_and_search_argument_errors(client: TestClient, key: str) -> None:
     for limit in ("abc", "0", "1001"):
         response = client.get(f"/dataset/v1/request/list/t1?limit={limit}", headers=headers(key))
         assert error_of(response)[:2] == (400, "CLIENT_ERROR")
-    empty = client.post("/dataset/v1/request/search", json={"request": {"filters": {}}},
-                        headers=headers(key))
+    empty = client.post(
+        "/dataset/v1/request/search", json={"request": {"filters": {}}}, headers=headers(key)
+    )
     assert error_of(empty) == (400, "CLIENT_ERROR", "Filters are empty")
     bad_date = {"request": {"filters": {"requestedDate": "22-11-2026"}}}
-    assert error_of(client.post("/dataset/v1/request/search", json=bad_date,
-                                headers=headers(key)))[2] == "requestedDate must be YYYY-MM-DD"
+    assert (
+        error_of(client.post("/dataset/v1/request/search", json=bad_date, headers=headers(key)))[2]
+        == "requestedDate must be YYYY-MM-DD"
+    )
     missing = client.get("/dataset/v1/request/read/t1", headers=headers(key))
     assert error_of(missing)[2].startswith("requestId is required")
 
 
 def test_channels_are_isolated(client: TestClient, key: str, services: Services) -> None:
-    job = client.post("/dataset/v1/request/submit", json=submit_body(),
-                      headers=headers(key)).json()["result"]
+    job = client.post(
+        "/dataset/v1/request/submit", json=submit_body(), headers=headers(key)
+    ).json()["result"]
     other = services.keys.create("other-state", ["c3"], ["exhaust"])[1]
-    read = client.get(f"/dataset/v1/request/read/t1?requestId={job['requestId']}",
-                      headers=headers(other, "c3"))
-    assert error_of(read) == (404, "RESOURCE_NOT_FOUND",
-                              "no job available with the given request_id and tag")
+    read = client.get(
+        f"/dataset/v1/request/read/t1?requestId={job['requestId']}", headers=headers(other, "c3")
+    )
+    assert error_of(read) == (
+        404,
+        "RESOURCE_NOT_FOUND",
+        "no job available with the given request_id and tag",
+    )
     assert client.get("/dataset/v1/request/list/t1", headers=headers(other, "c3")).json()[
-        "result"] == {"count": 0, "jobs": []}
-    stop = client.post(f"/dataset/v1/request/stop/t1?requestId={job['requestId']}",
-                       headers=headers(other, "c3"))
+        "result"
+    ] == {"count": 0, "jobs": []}
+    stop = client.post(
+        f"/dataset/v1/request/stop/t1?requestId={job['requestId']}", headers=headers(other, "c3")
+    )
     assert error_of(stop)[0] == 404
     same_key_other_channel = client.get(
-        f"/dataset/v1/request/read/t1?requestId={job['requestId']}", headers=headers(key, "c2"))
+        f"/dataset/v1/request/read/t1?requestId={job['requestId']}", headers=headers(key, "c2")
+    )
     assert error_of(same_key_other_channel)[0] == 404
 
 
 def test_stop_routes(client: TestClient, key: str, services: Services) -> None:
-    job = client.post("/dataset/v1/request/submit", json=submit_body(),
-                      headers=headers(key)).json()["result"]
+    job = client.post(
+        "/dataset/v1/request/submit", json=submit_body(), headers=headers(key)
+    ).json()["result"]
     url = f"/dataset/v1/request/stop/t1?requestId={job['requestId']}"
     stopped = client.post(url, headers=headers(key)).json()
     assert stopped["id"] == "ekstep.analytics.dataset.request.stop"
     assert stopped["result"]["status"] == "STOPPED"
     assert client.post(url, headers=headers(key)).json()["result"]["status"] == "STOPPED"
     services.executor = InlineExecutor(services.worker())
-    done = client.post("/dataset/v1/request/submit", json=submit_body(tag="t2"),
-                       headers=headers(key)).json()["result"]
+    done = client.post(
+        "/dataset/v1/request/submit", json=submit_body(tag="t2"), headers=headers(key)
+    ).json()["result"]
     assert services.jobs.get(done["requestId"]).status == "SUCCESS"
-    conflict = client.post(f"/dataset/v1/request/stop/t2?requestId={done['requestId']}",
-                           headers=headers(key))
+    conflict = client.post(
+        f"/dataset/v1/request/stop/t2?requestId={done['requestId']}", headers=headers(key)
+    )
     assert error_of(conflict) == (409, "CONFLICT", "job already finished with status SUCCESS")
 
 
@@ -192,10 +225,12 @@ def test_success_gives_signed_urls_that_download_the_file(
     client: TestClient, key: str, services: Services
 ) -> None:
     services.executor = InlineExecutor(services.worker())
-    job = client.post("/dataset/v1/request/submit", json=submit_body(),
-                      headers=headers(key)).json()["result"]
-    read = client.get(f"/dataset/v1/request/read/t1?requestId={job['requestId']}",
-                      headers=headers(key)).json()["result"]
+    job = client.post(
+        "/dataset/v1/request/submit", json=submit_body(), headers=headers(key)
+    ).json()["result"]
+    read = client.get(
+        f"/dataset/v1/request/read/t1?requestId={job['requestId']}", headers=headers(key)
+    ).json()["result"]
     assert read["status"] == "SUCCESS" and len(read["downloadUrls"]) == 1
     assert read["files"][0]["rows"] == 3 and read["progress"]["rowsWritten"] == 3
     url = read["downloadUrls"][0]
@@ -206,9 +241,16 @@ def test_success_gives_signed_urls_that_download_the_file(
 
 
 def test_report_routes_use_the_seed_shapes(client: TestClient, key: str) -> None:
-    body = {"id": "ekstep.analytics.job.request.submit", "params": {"msgid": "r1"},
-            "request": {"tag": "client-1", "jobId": "test-counting", "jobConfig": CONFIG,
-                        "output_format": "csv"}}
+    body = {
+        "id": "ekstep.analytics.job.request.submit",
+        "params": {"msgid": "r1"},
+        "request": {
+            "tag": "client-1",
+            "jobId": "test-counting",
+            "jobConfig": CONFIG,
+            "output_format": "csv",
+        },
+    }
     submitted = client.post("/job/request/submit", json=body, headers=headers(key)).json()
     assert submitted["id"] == "ekstep.analytics.job.request.submit"
     job = submitted["result"]
@@ -235,3 +277,61 @@ def test_operations_routes(client: TestClient, key: str, services: Services) -> 
     assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
     missing = client.get("/no/such/route", headers=headers(key))
     assert error_of(missing)[:2] == (404, "RESOURCE_NOT_FOUND")
+
+
+def telemetry_batch(*events: dict[str, Any], msgid: str = "b-1") -> dict[str, Any]:
+    return {
+        "id": "api.sunbird.telemetry",
+        "ver": "3.0",
+        "params": {"msgid": msgid},
+        "ets": 1655822756892,
+        "events": list(events),
+    }
+
+
+def test_telemetry_ingest_route(client: TestClient, services: Services) -> None:
+    from tests.factories import CHANNEL, assess_event
+
+    key = services.keys.create("bot", [CHANNEL], ["ingest"])[1]
+    auth = {"Authorization": f"Bearer {key}"}
+    good, bad = assess_event(), assess_event(ets=1655822756)
+    foreign = assess_event(**{"context.channel": "someone-else"})
+    answer = client.post("/v1/telemetry", json=telemetry_batch(good, bad, foreign), headers=auth)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["id"] == "api.telemetry" and body["responseCode"] == "SUCCESS"
+    assert body["params"]["msgid"] == "b-1"
+    result = body["result"]
+    assert result["accepted"] == 1
+    assert [r["index"] for r in result["rejected"]] == [1, 2]
+    assert "seconds" in result["rejected"][0]["errors"][0]
+    assert result["rejected"][1]["errors"] == [
+        "context.channel 'someone-else' is not allowed for this API key"
+    ]
+    again = client.post(
+        "/data/v1/telemetry", json=telemetry_batch(good, bad, foreign), headers=auth
+    ).json()
+    assert again["result"]["accepted"] == 1  # acknowledged again, stored once
+    assert services.lake.stats()["quarantined"] == 2
+
+
+def test_telemetry_route_refuses_bad_requests(
+    client: TestClient, services: Services, key: str
+) -> None:
+    ingest = services.keys.create("bot", ["c1"], ["ingest"])[1]
+    auth = {"Authorization": f"Bearer {ingest}", "Content-Type": "application/json"}
+    assert error_of(client.post("/v1/telemetry", content=b"nope", headers=auth))[:2] == (
+        400,
+        "CLIENT_ERROR",
+    )
+    assert error_of(client.post("/v1/telemetry", json={"id": "x"}, headers=auth))[0] == 400
+    too_big = b'{"events": ["' + b"x" * (5 * 1024 * 1024) + b'"]}'
+    assert error_of(client.post("/v1/telemetry", content=too_big, headers=auth))[:2] == (
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
+    exhaust_only = {"Authorization": f"Bearer {key}"}
+    assert (
+        error_of(client.post("/v1/telemetry", json=telemetry_batch(), headers=exhaust_only))[0]
+        == 403
+    )

@@ -16,8 +16,13 @@ from data_exhaust.services import Services
 
 
 def submission(rows: int = 250, **config: object) -> Submission:
-    return Submission(dataset="test-counting", tag="t", channel="c1", requested_by="u",
-                      config={"rows": rows, "delay": 0.0, "fail": None, "batch": 100, **config})
+    return Submission(
+        dataset="test-counting",
+        tag="t",
+        channel="c1",
+        requested_by="u",
+        config={"rows": rows, "delay": 0.0, "fail": None, "batch": 100, **config},
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -157,8 +162,9 @@ def test_two_workers_never_run_one_job_twice(services: Services) -> None:
         return claimed
 
     services.jobs.claim = counting_claim  # type: ignore[method-assign]
-    executors = [EmbeddedExecutor(services.worker(f"w{i}"), services.jobs, 2, 0.05)
-                 for i in range(2)]
+    executors = [
+        EmbeddedExecutor(services.worker(f"w{i}"), services.jobs, 2, 0.05) for i in range(2)
+    ]
     for e in executors:
         e.start()
     wait_for(lambda: all(status_of(services, j) == Status.SUCCESS for j in jobs), 120)

@@ -25,12 +25,28 @@ def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
     engine.dispose()
 
 
-def job(request_id: str, *, channel: str = "c1", tag: str = "t", minutes: int = 0,
-        status: Status = Status.SUBMITTED, dataset: str = "d") -> Job:
+def job(
+    request_id: str,
+    *,
+    channel: str = "c1",
+    tag: str = "t",
+    minutes: int = 0,
+    status: Status = Status.SUBMITTED,
+    dataset: str = "d",
+) -> Job:
     at = T0 + timedelta(minutes=minutes)
-    return Job(tag=f"{tag}:{channel}", request_id=request_id, dataset=dataset, status=status,
-               config={"conversationId": "x", "नाम": "मान"}, channel=channel, requested_by="u",
-               submitted_at=at, last_updated=at, run_after=at)
+    return Job(
+        tag=f"{tag}:{channel}",
+        request_id=request_id,
+        dataset=dataset,
+        status=status,
+        config={"conversationId": "x", "नाम": "मान"},
+        channel=channel,
+        requested_by="u",
+        submitted_at=at,
+        last_updated=at,
+        run_after=at,
+    )
 
 
 def test_insert_get_round_trip_keeps_every_field(store: JobStore) -> None:
@@ -55,8 +71,9 @@ def test_search_filters_pages_and_orders_newest_first(store: JobStore) -> None:
     assert [j.request_id for j in page] == ["J4", "J2"]
     assert [j.request_id for j in store.search(JobFilter(channels=["c1"]), 2, 2)[1]] == ["J0"]
     assert store.search(JobFilter(tags=["t:c2"]), 10)[0] == 2
-    window = JobFilter(submitted_from=T0 + timedelta(minutes=1),
-                       submitted_before=T0 + timedelta(minutes=3))
+    window = JobFilter(
+        submitted_from=T0 + timedelta(minutes=1), submitted_before=T0 + timedelta(minutes=3)
+    )
     assert {j.request_id for j in store.search(window, 10)[1]} == {"J1", "J2"}
 
 
@@ -86,7 +103,7 @@ def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
     lock = threading.Lock()
 
     def claimer(name: str) -> None:
-        while (got := store.claim(name, T0 + timedelta(hours=1), T0 + timedelta(hours=2))):
+        while got := store.claim(name, T0 + timedelta(hours=1), T0 + timedelta(hours=2)):
             with lock:
                 claimed.append(got.request_id)
 

@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from data_exhaust import lake as lake_module
 from data_exhaust.api.errors import ApiError
 from data_exhaust.db import make_engine
+from data_exhaust.ingest import Ingestor, ingest_file
 from data_exhaust.lake import COLUMNS, Lake
 from data_exhaust.models import TelemetryBatch
-from data_exhaust.telemetry import Ingestor, flatten, ingest_file
+from data_exhaust.telemetry import flatten
 from tests.factories import batch, ftp_event
 
 DAY1, DAY2, DAY3 = 1655769600000, 1655856000000, 1655942400000  # 2022-06-21/22/23 00:00 UTC

@@ -34,8 +34,9 @@ def test_no_input_gets_a_server_error(fuzz_services: Services) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def no_server_error(case: schemathesis.Case) -> None:
             for headers in (auth, None):
                 response = case.call(headers=headers)

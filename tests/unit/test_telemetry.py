@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from data_exhaust.ingest import split_events
 from data_exhaust.lake import COLUMNS
-from data_exhaust.telemetry import compact_json, flatten, split_events, validate_event
+from data_exhaust.telemetry import compact_json, flatten, validate_event
 from tests.factories import CONVERSATION_ID, DELETE, DEVICE_ID, assess_event, ftp_event
 
 

@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from data_exhaust.api.deps import get_services, require_scope
 from data_exhaust.api.errors import ApiError
+from data_exhaust.ingest import IngestResult
 from data_exhaust.keys import Caller
-from data_exhaust.telemetry import EVENTS_HINT, IngestResult
+from data_exhaust.telemetry import EVENTS_HINT
 
 router = APIRouter(tags=["telemetry"])
 IngestCaller = Annotated[Caller, Depends(require_scope("ingest"))]
@@ -103,7 +104,7 @@ def _answer(body: dict[str, Any], result: IngestResult) -> Response:
 @router.post("/v1/telemetry", name="api.telemetry", openapi_extra=BODY_SCHEMA)
 @router.post(
     "/data/v1/telemetry", name="api.telemetry.alias", openapi_extra=BODY_SCHEMA,
-    include_in_schema=False,
+    operation_id="post_telemetry_alias",
 )  # fmt: skip
 async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
     """Store a batch of telemetry v3 events: valid ones durably, invalid ones in quarantine.
@@ -117,5 +118,6 @@ async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
     params = body.get("params")
     if isinstance(params, dict) and isinstance(params.get("msgid"), str):
         request.state.msgid = params["msgid"]  # echoed by error envelopes too
-    result = await run_in_threadpool(services.ingestor.ingest, body)
+    channels = None if caller.is_admin else caller.channels
+    result = await run_in_threadpool(services.ingestor.ingest, body, channels)
     return _answer(body, result)

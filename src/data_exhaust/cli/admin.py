@@ -13,10 +13,10 @@ from rich.table import Table
 
 from data_exhaust.db import migrate
 from data_exhaust.demo import DEMO_CHANNEL, demo_events
+from data_exhaust.ingest import ingest_file
 from data_exhaust.keys import SCOPES, KeyError_
 from data_exhaust.services import Services, build_services
 from data_exhaust.settings import Settings
-from data_exhaust.telemetry import ingest_file
 
 console = Console(stderr=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

@@ -4,6 +4,7 @@ EXHAUST_API_KEY, EXHAUST_CHANNEL, or the options)."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -150,7 +151,7 @@ def _fetch_all(client: ExhaustClient, job: dict[str, Any], dest: Path) -> None:
                 url,
                 dest / name,
                 sha256=meta["sha256"],
-                on_chunk=lambda n, t=task: progress.advance(t, n),
+                on_chunk=partial(progress.advance, task),
             )
             console.print(f"{dest / name}  ({meta['rows']} rows, sha256 ok)")
 

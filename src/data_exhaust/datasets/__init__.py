@@ -35,7 +35,9 @@ def load_datasets(extra: Iterable[str] = ()) -> dict[str, Dataset]:
     """Every installed dataset plugin by id, plus ``extra`` "module:Class" references
     (``EXHAUST_PLUGINS``). A plugin that fails to load is an error, not a silent gap."""
     found: dict[str, Dataset] = {}
-    references = [(e.name, e.value) for e in entry_points(group=GROUP)]
+    references: list[tuple[str | None, str]] = [
+        (e.name, e.value) for e in entry_points(group=GROUP)
+    ]
     references += [(None, ref) for ref in extra]
     for name, ref in references:
         cls = _load(ref)

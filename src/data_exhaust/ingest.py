@@ -1,0 +1,270 @@
+"""Storing telemetry: API batches (:class:`Ingestor`) and bulk files (:func:`ingest_file`).
+
+Nothing is ever dropped: valid events go to the lake's raw segments, invalid ones to its
+quarantine with their errors, and both are fsync'd before :meth:`Ingestor.ingest` answers.
+An ``ingest`` key may only store events of its own channels (an admin key, any channel).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from data_exhaust.api.errors import ApiError
+from data_exhaust.lake import Lake
+from data_exhaust.telemetry import EVENTS_HINT, check_event, flatten
+
+if TYPE_CHECKING:  # SQLAlchemy is imported where used: ingest_file's worker processes start
+    from sqlalchemy import Engine  # faster without it
+
+    from data_exhaust.models import TelemetryBatch
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class IngestResult:
+    """The answer to one batch. ``rejected`` items are ``{"index", "mid", "errors"}``."""
+
+    accepted: int
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_batch: bool = False
+
+
+def split_events(
+    events: list[Any], channels: Collection[str] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(lake rows, rejections for the answer, quarantine records) of a list of events.
+
+    With ``channels``, an event of another channel is rejected: a key may only write
+    telemetry for the tenants it is bound to.
+    """
+    rows: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        errors, canonical = check_event(event)
+        if canonical is not None:
+            row = flatten(event, canonical)
+            if channels is None or row["channel"] in channels:
+                rows.append(row)
+                continue
+            errors = [f"context.channel '{row['channel']}' is not allowed for this API key"]
+        mid = event.get("mid") if isinstance(event, dict) else None
+        rejected.append(
+            {"index": index, "mid": mid if isinstance(mid, str) else None, "errors": errors}
+        )
+        bad.append({"index": index, "errors": errors, "event": event})
+    return rows, rejected, bad
+
+
+class Ingestor:
+    """Stores telemetry batches from the API, acknowledging a retried ``msgid`` only once.
+
+    Order matters for crash safety: events are made durable first and the ``msgid`` recorded
+    after. A crash in between only means a retried batch is stored again, which the lake's
+    query-time dedup on ``(mid, event_hash)`` makes invisible; the reverse order could
+    acknowledge a batch that was never stored.
+    """
+
+    def __init__(self, lake: Lake, engine: Engine) -> None:
+        self.lake = lake
+        self.engine = engine
+
+    def ingest(self, body: dict[str, Any], channels: Collection[str] | None = None) -> IngestResult:
+        """Store one API batch; ``channels`` limits the tenants its events may belong to."""
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list):
+            raise ApiError("CLIENT_ERROR", EVENTS_HINT)
+        params = body.get("params")
+        msgid = params.get("msgid") if isinstance(params, dict) else None
+        msgid = msgid if isinstance(msgid, str) and msgid else None
+        if msgid is not None and (seen := self._recorded(msgid)) is not None:
+            # The retry carries the same events: re-validating (nothing stored) re-lists the
+            # rejected ones, which the table does not keep.
+            _, rejected, _ = split_events(events, channels)
+            log.info("telemetry.duplicate_batch", msgid=msgid, accepted=seen.accepted)
+            return IngestResult(seen.accepted, rejected, duplicate_batch=True)
+        rows, rejected, bad = split_events(events, channels)
+        self.lake.append(rows)
+        if bad:
+            self.lake.quarantine([{**item, "source": "api", "msgid": msgid} for item in bad])
+        if msgid is not None:
+            self._record(msgid, len(rows), len(rejected))
+        log.info("telemetry.ingested", msgid=msgid, accepted=len(rows), rejected=len(rejected))
+        return IngestResult(len(rows), rejected)
+
+    def _recorded(self, msgid: str) -> TelemetryBatch | None:
+        from sqlalchemy.orm import Session
+
+        from data_exhaust.models import TelemetryBatch
+
+        with Session(self.engine) as session:
+            return session.get(TelemetryBatch, msgid)
+
+    def _record(self, msgid: str, accepted: int, rejected: int) -> None:
+        from sqlalchemy.exc import IntegrityError
+        from sqlalchemy.orm import Session
+
+        from data_exhaust.models import TelemetryBatch
+
+        batch = TelemetryBatch(
+            msgid=msgid, accepted=accepted, rejected=rejected, received_at=datetime.now(UTC)
+        )
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(batch)
+        except IntegrityError:  # a concurrent retry of the same batch recorded it first
+            log.info("telemetry.batch_recorded_concurrently", msgid=msgid)
+
+
+@dataclass
+class FileIngest:
+    """Counts of one ``exhaust ingest FILE`` run."""
+
+    lines: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    bytes_read: int = 0
+
+
+ProgressCallback = Callable[[int, int], None]
+_worker_lake: Lake | None = None
+
+
+def _line_events(line: bytes, number: int) -> Iterator[tuple[object, dict[str, Any]]]:
+    """(event, where-from) pairs of one line: an event, or a whole batch with ``events``."""
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        yield None, {"line": number, "errors": [f"line {number}: not valid JSON ({exc})"]}
+        return
+    if isinstance(parsed, dict) and isinstance(parsed.get("events"), list):
+        for index, event in enumerate(parsed["events"]):
+            yield event, {"line": number, "index": index}
+    else:
+        yield parsed, {"line": number}
+
+
+def _ingest_blob(lake: Lake, blob: bytes, first_line: int, source: str) -> tuple[int, int]:
+    """Store the lines of ``blob`` (line ``first_line`` onwards); (accepted, rejected)."""
+    rows: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for number, line in enumerate(blob.split(b"\n"), start=first_line):
+        if not line.strip():
+            continue
+        for event, where in _line_events(line, number):
+            if "errors" in where:  # the line itself is not JSON: keep its text
+                bad.append({**where, "source": source, "text": line.decode("utf-8", "replace")})
+                continue
+            errors, canonical = check_event(event)
+            if canonical is not None:
+                rows.append(flatten(event, canonical))  # type: ignore[arg-type]
+            else:
+                errors = [f"line {number}: {message}" for message in errors]
+                bad.append({**where, "source": source, "errors": errors, "event": event})
+    lake.append(rows)
+    lake.quarantine(bad)
+    return len(rows), len(bad)
+
+
+def _worker_start(root: str, segment_bytes: int) -> None:
+    global _worker_lake
+    _worker_lake = Lake(Path(root), segment_bytes=segment_bytes)
+
+
+def _worker_ingest(blob: bytes, first_line: int, source: str) -> tuple[int, int]:
+    assert _worker_lake is not None
+    return _ingest_blob(_worker_lake, blob, first_line, source)
+
+
+def _chunks(path: Path, chunk_lines: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """(blob, first line number, line count, bytes read so far) for consecutive chunks."""
+    bytes_read, first = 0, 1
+    with open(path, "rb") as handle:
+        while lines := list(itertools.islice(handle, chunk_lines)):
+            blob = b"".join(lines)
+            bytes_read += len(blob)
+            yield blob, first, len(lines), bytes_read
+            first += len(lines)
+
+
+def ingest_file(
+    path: str | Path,
+    lake: Lake,
+    *,
+    chunk_events: int = 5000,
+    on_progress: ProgressCallback | None = None,
+    workers: int | None = None,
+) -> FileIngest:
+    """Stream a JSON-lines file into ``lake`` in chunks, never holding the whole file.
+
+    Each line is one event or one whole batch object (``{"events": [...]}``). Bad lines are
+    quarantined with their 1-based line numbers. ``on_progress(bytes_read, events_accepted)``
+    is called after each chunk is durable, so a progress bar never runs ahead of the data.
+
+    Parsing and validation are CPU-bound, so big files are spread over ``workers`` processes
+    (default: up to 4, one per core; 1 under 64 MB, where starting them costs more). Each
+    worker appends to its own segments, which is what the lake is designed for; at most two
+    chunks per worker are in flight, so memory stays bounded.
+    """
+    path = Path(path)
+    if workers is None:
+        small = path.stat().st_size < 64 * 1024 * 1024
+        workers = 1 if small else max(1, min(os.cpu_count() or 1, 4))
+    counts = FileIngest()
+    chunks = _chunks(path, chunk_events)
+    if workers == 1:
+        for blob, first, lines, bytes_read in chunks:
+            done = _ingest_blob(lake, blob, first, str(path))
+            _count(counts, done, lines, bytes_read, on_progress)
+    else:
+        _ingest_parallel(lake, path, chunks, workers, counts, on_progress)
+    log.info(
+        "telemetry.file_ingested", lines=counts.lines, accepted=counts.accepted,
+        rejected=counts.rejected, workers=workers,
+    )  # fmt: skip
+    return counts
+
+
+def _count(
+    counts: FileIngest, done: tuple[int, int], lines: int, bytes_read: int,
+    on_progress: ProgressCallback | None,
+) -> None:  # fmt: skip
+    counts.accepted += done[0]
+    counts.rejected += done[1]
+    counts.lines += lines
+    counts.bytes_read = bytes_read
+    if on_progress is not None:
+        on_progress(bytes_read, counts.accepted)
+
+
+def _ingest_parallel(
+    lake: Lake, path: Path, chunks: Iterator[tuple[bytes, int, int, int]], workers: int,
+    counts: FileIngest, on_progress: ProgressCallback | None,
+) -> None:  # fmt: skip
+    # "spawn": forking a process that may run DuckDB or SQLAlchemy threads is unsafe.
+    context = multiprocessing.get_context("spawn")
+    initargs = (str(lake.root), lake.segment_bytes)
+    pending: deque[tuple[Future[tuple[int, int]], int, int]] = deque()
+    with ProcessPoolExecutor(workers, context, _worker_start, initargs) as pool:
+        for blob, first, lines, bytes_read in chunks:
+            future = pool.submit(_worker_ingest, blob, first, str(path))
+            pending.append((future, lines, bytes_read))
+            while len(pending) >= 2 * workers or (pending and pending[0][0].done()):
+                done, n, at = pending.popleft()
+                _count(counts, done.result(), n, at, on_progress)
+        while pending:
+            done, n, at = pending.popleft()
+            _count(counts, done.result(), n, at, on_progress)
