@@ -2,7 +2,7 @@
 
 Three UCI bots of the channel ``demo-channel`` with multiple-choice and free-text questions
 (English and Hindi, with commas, quotes and line breaks in the text), answered by 40 devices
-over the last 7 days: about 2,000 ASSESS events.
+over the last 7 days: about 600 ASSESS events.
 """
 
 from __future__ import annotations

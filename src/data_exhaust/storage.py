@@ -7,7 +7,7 @@ delete by prefix, sign a link) so that a local directory, S3 and Azure can all i
 
 Design decisions:
 
-* **Keys** are relative ``/``-separated paths (``channel/requestId/file.csv``). Every store
+* **Keys** are relative ``/``-separated paths (``<dataset>/<requestId>/<file>``). Every store
   validates them with :func:`validate_key` first, so ``..``, absolute paths, backslashes, NUL and
   control characters never reach the file system: path traversal is impossible by construction.
   The first segment ``.tmp`` is reserved for the local store's temp files.

@@ -30,6 +30,10 @@ def checks(services: Services) -> dict[str, dict[str, Any]]:
         result["storage"] = {"healthy": True}
     except Exception as exc:
         result["storage"] = {"healthy": False, "error": type(exc).__name__}
+    try:
+        result["lake"] = {"healthy": True, **services.lake.stats()}
+    except OSError as exc:
+        result["lake"] = {"healthy": False, "error": type(exc).__name__}
     executor = services.executor.status() if services.executor else {"executor": "none"}
     result["executor"] = {"healthy": bool(executor.get("healthy", True)), **executor}
     return result

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from data_exhaust.cli.tables import print_table
 from data_exhaust.db import migrate
 from data_exhaust.demo import DEMO_CHANNEL, demo_events
 from data_exhaust.ingest import ingest_file
@@ -59,13 +59,14 @@ def _first_run(svc: Services, host: str, port: int) -> None:
             svc.keys.revoke(key.key_id)
     _, plain = svc.keys.create("make-run", [DEMO_CHANNEL], list(SCOPES))
     base = f"http://{host}:{port}"
-    console.print(f"\n[bold]Data Exhaust[/] on {base}  (docs: {base}/docs)")
-    console.print("A demo API key (channel demo-channel; replaced at every `make run`):")
-    console.print(f"  export KEY={plain}")
-    console.print("Try:")
-    console.print(
-        f'  curl -s {base}/dataset/v1/request/list/demo -H "Authorization: Bearer $KEY" '
-        f"-H 'X-Channel-ID: {DEMO_CHANNEL}'\n"
+    # Plain echo (not rich) so the key and the curl line are never wrapped: they get pasted.
+    typer.echo(f"\nData Exhaust on {base}  (API docs: {base}/docs)")
+    typer.echo("A demo API key for channel demo-channel (a new one at every `make run`):")
+    typer.echo(f"  export KEY={plain}")
+    typer.echo("Try:")
+    typer.echo(
+        f"  curl -s '{base}/dataset/v1/request/list/demo' "
+        f"-H \"Authorization: Bearer $KEY\" -H 'X-Channel-ID: {DEMO_CHANNEL}'\n"
     )
 
 
@@ -110,17 +111,18 @@ def keys_create(
 
 def keys_list() -> None:
     """List keys (ids, names, channels, scopes; never the keys themselves)."""
-    table = Table("id", "name", "channels", "scopes", "created", "revoked")
-    for key in services().keys.list():
-        table.add_row(
+    rows = [
+        [
             key.key_id,
             key.name,
             ",".join(key.channels),
             ",".join(key.scopes),
             key.created_at.strftime("%Y-%m-%d %H:%M"),
             key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
-        )
-    Console().print(table)
+        ]
+        for key in services().keys.list()
+    ]
+    print_table(("id", "name", "channels", "scopes", "created", "revoked"), rows)
 
 
 def keys_revoke(key_id: str = typer.Argument(help="The id shown by `exhaust keys list`.")) -> None:

@@ -12,8 +12,8 @@ from urllib.parse import unquote, urlparse
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-from rich.table import Table
 
+from data_exhaust.cli.tables import print_table
 from data_exhaust.client import ClientError, ExhaustClient
 
 console = Console(stderr=True)
@@ -92,16 +92,17 @@ def list_jobs(
             jobs = client.list_jobs(tag, limit)
         except ClientError as exc:
             raise _fail(exc) from None
-    table = Table("requestId", "dataset", "status", "rows", "message")
-    for job in jobs:
-        table.add_row(
-            job["requestId"],
-            job["dataset"],
-            job["status"],
-            str(job["progress"]["rowsWritten"]),
-            job["statusMessage"],
-        )
-    Console().print(table)
+    rows = [
+        [
+            j["requestId"],
+            j["dataset"],
+            j["status"],
+            str(j["progress"]["rowsWritten"]),
+            j["statusMessage"],
+        ]
+        for j in jobs
+    ]
+    print_table(("requestId", "dataset", "status", "rows", "message"), rows)
 
 
 def stop(
