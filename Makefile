@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint typecheck unit bench clean
+.PHONY: install run test lint typecheck clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -28,8 +28,8 @@ run: install
 
 ## lint / typecheck: ruff and mypy --strict
 lint: $(BIN)/exhaust
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 typecheck: $(BIN)/exhaust
 	$(BIN)/mypy
@@ -37,10 +37,6 @@ typecheck: $(BIN)/exhaust
 ## test: lint, type checks, then every test (unit, integration, acceptance)
 test: install lint typecheck
 	$(BIN)/pytest
-
-## bench: speed and scale measurements (never part of `make test`)
-bench: install
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache
