@@ -42,6 +42,8 @@ from urllib.parse import unquote, urlparse
 import orjson
 import structlog
 
+from data_exhaust.fsutil import fsync_dir
+
 log = structlog.get_logger(__name__)
 
 #: The lake's column contract (names and DuckDB types), in order; ``telemetry.flatten`` rows.
@@ -69,14 +71,6 @@ def _file_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join(_quote(str(p)) for p in paths) + "]"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes) -> None:
     """Write ``path`` atomically (temp file, fsync, rename, fsync of the directory)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -85,7 +79,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _segment_of(parquet_name: str) -> str:
@@ -174,7 +168,7 @@ class Lake:
         fcntl.flock(fd, fcntl.LOCK_EX)  # before it is visible: never compactable while open
         path = self.raw / f"{segment_id}{RAW_SUFFIX}"
         os.rename(hidden, path)
-        _fsync_dir(self.raw)
+        fsync_dir(self.raw)
         log.debug("lake.segment_opened", segment=segment_id)
         return _Segment(fd, path, time.monotonic(), 0, os.getpid())
 
@@ -262,9 +256,9 @@ class Lake:
                 with open(part, "rb") as handle:
                     os.fsync(handle.fileno())
                 os.rename(part, target / f"part-{segment_id}.{n}.parquet")
-            _fsync_dir(target)
+            fsync_dir(target)
         shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(self.events)
+        fsync_dir(self.events)
         return count
 
     def _remove_leftovers(self, segment_id: str) -> None:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
+from data_exhaust.fsutil import fsync_dir
 from data_exhaust.signing import sign, verify
 
 CHUNK_SIZE = 64 * 1024
@@ -163,14 +164,6 @@ class BlobStore(ABC):
         verify(key, expires, signature, self._secret, now)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as fh:
         os.fsync(fh.fileno())
@@ -219,7 +212,7 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 if attempt == 2 or not src.exists():
                     raise
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
     def put_file(self, key: str, path: Path) -> None:
         dest = self._path(key)

@@ -100,7 +100,6 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
     wanted = [event(i) for i in range(40)]  # 2022-06-21 .. 2022-06-22 (40 hours)
     noise = [
         event(90, conversation_id="other-bot", mid="noise-1"),
-        event(91, **{"context.channel": "state-b", "mid": "noise-2"}),
         event(92, ets=JUNE_21 + 5 * DAY_MS, mid="noise-3"),  # after the range
         event(93, eid="INTERACT", mid="noise-4"),
     ]
@@ -112,9 +111,17 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
         "events": wanted + noise,
     }
     ingested = httpx.post(f"{base}/v1/telemetry", json=batch, headers=auth, timeout=30).json()
-    assert ingested["result"] == {"accepted": 44, "rejected": []}
+    assert ingested["result"] == {"accepted": 43, "rejected": []}
     again = httpx.post(f"{base}/v1/telemetry", json=batch, headers=auth, timeout=30).json()
     assert again["responseCode"] == "SUCCESS"  # a retried batch is acknowledged, not stored twice
+    other_state = {"Authorization": f"Bearer {deployment.create_key('state-b', 'ingest')}"}
+    same_bot_other_state = {
+        **batch,
+        "params": {"msgid": "batch-2"},
+        "events": [event(91, **{"context.channel": "state-b"})],
+    }
+    answer = httpx.post(f"{base}/v1/telemetry", json=same_bot_other_state, headers=other_state)
+    assert answer.json()["result"]["accepted"] == 1  # same bot id, other tenant: never exported
 
     request = {
         "tag": "nightly",

@@ -62,6 +62,22 @@ def parse_limit(raw: str | None, default: int = 100) -> int:
     return limit
 
 
+def handle_list(
+    request: Request,
+    services: Services,
+    caller: Caller,
+    x_channel_id: str | None,
+    tag: str,
+    limit: str | None,
+    renderer: Renderer,
+) -> Response:
+    """A tag's jobs in the caller's channel, newest first: shared by both list routes."""
+    channel = channel_of(caller, x_channel_id)
+    jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
+    rendered = [renderer(request, services, job) for job in jobs]
+    return envelope(request, {"count": len(rendered), "jobs": rendered})
+
+
 async def handle_submit(
     request: Request,
     services: Services,
@@ -132,10 +148,7 @@ def list_requests(
     limit: Annotated[str | None, Query()] = None,
 ) -> Response:
     """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
-    channel = channel_of(caller, x_channel_id)
-    jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
-    rendered = [render(request, services, job) for job in jobs]
-    return envelope(request, {"count": len(rendered), "jobs": rendered})
+    return handle_list(request, services, caller, x_channel_id, tag, limit, render)
 
 
 @router.post("/dataset/v1/request/search", name=f"{API}.search", openapi_extra=body(SearchBody))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from data_exhaust.api.datasets import UserHeader, base_url, get_job, handle_submit, parse_limit
+from data_exhaust.api.datasets import UserHeader, base_url, get_job, handle_list, handle_submit
 from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.render import report_job, signed_urls
@@ -66,7 +66,4 @@ def list_reports(
     limit: Annotated[str | None, Query()] = None,
 ) -> Response:
     """The report jobs of a tag, newest first."""
-    channel = channel_of(caller, x_channel_id)
-    jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
-    rendered = [render(request, services, job) for job in jobs]
-    return envelope(request, {"count": len(rendered), "jobs": rendered})
+    return handle_list(request, services, caller, x_channel_id, tag, limit, render)

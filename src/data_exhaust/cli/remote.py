@@ -4,6 +4,8 @@ EXHAUST_API_KEY, EXHAUST_CHANNEL, or the options)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,18 @@ KeyOpt = typer.Option(
 ChannelOpt = typer.Option(..., "--channel", envvar="EXHAUST_CHANNEL", help="X-Channel-ID.")
 
 
-def _client(server: str, key: str, channel: str) -> ExhaustClient:
-    return ExhaustClient(server, key, channel)
-
-
-def _fail(exc: ClientError) -> typer.Exit:
-    console.print(f"[red]{exc.code}[/]: {exc.message}")
-    return typer.Exit(1)
+@contextmanager
+def _client(server: str, key: str, channel: str) -> Iterator[ExhaustClient]:
+    """A client whose refusals end the command with the server's message and exit code 1."""
+    with ExhaustClient(server, key, channel) as client:
+        try:
+            yield client
+        except ClientError as exc:
+            console.print(f"[red]{exc.code}[/]: {exc.message}")
+            raise typer.Exit(1) from None
+        except TimeoutError as exc:
+            console.print(f"[yellow]{exc}[/]; check later with `exhaust status`")
+            raise typer.Exit(2) from None
 
 
 def _show(job: dict[str, Any]) -> None:
@@ -55,12 +62,9 @@ def submit(
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"--config is not JSON: {exc}") from None
     with _client(server, key, channel) as client:
-        try:
-            job = client.submit(dataset, tag, parsed, output_format=output_format)
-            if wait:
-                job = client.wait(tag, job["requestId"])
-        except ClientError as exc:
-            raise _fail(exc) from None
+        job = client.submit(dataset, tag, parsed, output_format=output_format)
+        if wait:
+            job = client.wait(tag, job["requestId"])
     _show(job)
 
 
@@ -73,10 +77,7 @@ def status(
 ) -> None:
     """Show one job."""
     with _client(server, key, channel) as client:
-        try:
-            _show(client.read(tag, request_id))
-        except ClientError as exc:
-            raise _fail(exc) from None
+        _show(client.read(tag, request_id))
 
 
 def list_jobs(
@@ -88,10 +89,7 @@ def list_jobs(
 ) -> None:
     """List a tag's jobs, newest first."""
     with _client(server, key, channel) as client:
-        try:
-            jobs = client.list_jobs(tag, limit)
-        except ClientError as exc:
-            raise _fail(exc) from None
+        jobs = client.list_jobs(tag, limit)
     rows = [
         [
             j["requestId"],
@@ -114,10 +112,7 @@ def stop(
 ) -> None:
     """Stop a job (a running one stops within seconds and leaves no file)."""
     with _client(server, key, channel) as client:
-        try:
-            _show(client.stop(tag, request_id))
-        except ClientError as exc:
-            raise _fail(exc) from None
+        _show(client.stop(tag, request_id))
 
 
 def download(
@@ -130,13 +125,10 @@ def download(
 ) -> None:
     """Download a finished job's files (sha256 checked) into --dest."""
     with _client(server, key, channel) as client:
-        try:
-            job = client.read(tag, request_id)
-            if job["status"] != "SUCCESS":
-                raise typer.BadParameter(f"the job is {job['status']}, not SUCCESS")
-            _fetch_all(client, job, dest)
-        except ClientError as exc:
-            raise _fail(exc) from None
+        job = client.read(tag, request_id)
+        if job["status"] != "SUCCESS":
+            raise typer.BadParameter(f"the job is {job['status']}, not SUCCESS")
+        _fetch_all(client, job, dest)
 
 
 def _fetch_all(client: ExhaustClient, job: dict[str, Any], dest: Path) -> None:
