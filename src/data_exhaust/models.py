@@ -7,15 +7,17 @@ this schema (a test checks it).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -125,3 +127,65 @@ class TelemetryBatch(Base):
     accepted: Mapped[int] = mapped_column(Integer)
     rejected: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime]
+
+
+class Conversation(Base):
+    """A chatbot (UCI "bot") and the channel that owns it."""
+
+    __tablename__ = "conversation"
+
+    conversation_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    channel: Mapped[str] = mapped_column(String(100), index=True)
+    start_date: Mapped[date | None] = mapped_column(Date)
+    end_date: Mapped[date | None] = mapped_column(Date)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)  # importing task
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Device(Base):
+    """A chat user. The phone is only ever stored sealed (AES-GCM, see secrets_box.py)."""
+
+    __tablename__ = "device"
+
+    device_uuid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    phone_sealed: Mapped[str | None] = mapped_column(Text)
+    consent: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DeviceConversation(Base):
+    """Which conversations a device is registered to."""
+
+    __tablename__ = "device_conversation"
+
+    device_uuid: Mapped[str] = mapped_column(
+        ForeignKey("device.device_uuid", ondelete="CASCADE"), primary_key=True
+    )
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversation.conversation_id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    )
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class DownloadAudit(Base):
+    """One download of a result file: who, which request, which file, when, from where."""
+
+    __tablename__ = "download_audit"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    blob_key: Mapped[str] = mapped_column(String(1024))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(100))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[int] = mapped_column(Integer)
+    downloaded_at: Mapped[datetime] = mapped_column(index=True)

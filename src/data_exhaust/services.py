@@ -17,6 +17,7 @@ from data_exhaust.jobs import Job
 from data_exhaust.keys import KeyStore
 from data_exhaust.lake import Lake
 from data_exhaust.manager import JobManager
+from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
 from data_exhaust.storage import BlobStore, open_blob_store
 from data_exhaust.store import SqlJobStore
@@ -32,6 +33,7 @@ class Services:
     lake: Lake
     keys: KeyStore
     ingestor: Ingestor
+    registry: Registry
     datasets: dict[str, Dataset] = field(default_factory=dict)
 
     executor: Executor | None = None
@@ -51,7 +53,15 @@ class Services:
             self.executor.notify()
 
     def worker(self, name: str | None = None) -> Worker:
-        return Worker(self.jobs, self.blobs, self.lake, self.datasets, self.settings, name)
+        return Worker(
+            self.jobs,
+            self.blobs,
+            self.lake,
+            self.datasets,
+            self.settings,
+            name,
+            registry=self.registry,
+        )
 
     def embedded_executor(self, threads: int | None = None) -> EmbeddedExecutor:
         count = self.settings.workers if threads is None else threads
@@ -101,5 +111,6 @@ def build_services(settings: Settings) -> Services:
         lake=lake,
         keys=KeyStore(engine),
         ingestor=Ingestor(lake, engine),
+        registry=Registry(engine, settings.secret_box),
         datasets=load_datasets(settings.plugins),
     )

@@ -16,6 +16,8 @@ from croniter import croniter
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data_exhaust.secrets_box import SecretBox
+
 SECRET_FILE = "secret.key"  # noqa: S105 - a file name, not a secret
 
 
@@ -53,6 +55,13 @@ class Settings(BaseSettings):
     )
     timezone: str = Field("UTC", description="Calendar of date ranges and file-name dates.")
     secret_key: str | None = Field(None, description="Signs URLs; generated into the data dir.")
+    previous_secret_keys: list[str] = Field(
+        default_factory=list,
+        description="Older secrets (JSON list) whose sealed values still open; for key rotation.",
+    )
+    uci_secret: str | None = Field(
+        None, description="UCI's AES key (16/24/32 characters) to import encrypted device ids."
+    )
     public_url: str | None = Field(
         None, description="Base URL put in download links; default: the URL the client called."
     )
@@ -103,6 +112,11 @@ class Settings(BaseSettings):
     @property
     def resolved_lake_url(self) -> str:
         return self.lake_url or (self.data_dir / "lake").resolve().as_uri()
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """Seals phones and job secrets under keys derived from the server secret."""
+        return SecretBox(self.secret, [s.encode() for s in self.previous_secret_keys])
 
     @cached_property
     def secret(self) -> bytes:

@@ -33,6 +33,7 @@ from data_exhaust.jobs import Job, OutputFile
 from data_exhaust.lake import Lake
 from data_exhaust.manager import JobManager
 from data_exhaust.output import write_output
+from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
 from data_exhaust.storage import BlobStore
 
@@ -53,6 +54,7 @@ class JobContext:
     lake: Lake
     blobs: BlobStore
     today: date
+    registry: Registry
     stop_event: threading.Event = field(default_factory=threading.Event)
     rows_done: int = 0
     rows_total: int | None = None
@@ -126,9 +128,11 @@ class Worker:
         datasets: dict[str, Dataset],
         settings: Settings,
         name: str | None = None,
+        *,
+        registry: Registry,
     ) -> None:
         self.jobs, self.blobs, self.lake = jobs, blobs, lake
-        self.datasets, self.settings = datasets, settings
+        self.datasets, self.settings, self.registry = datasets, settings, registry
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
 
     def run_one(self) -> bool:
@@ -142,7 +146,7 @@ class Worker:
 
     def execute(self, job: Job) -> None:
         today = datetime.now(self.settings.tz).date()
-        ctx = JobContext(job, self.settings, self.lake, self.blobs, today)
+        ctx = JobContext(job, self.settings, self.lake, self.blobs, today, self.registry)
         heartbeat = _Heartbeat(self.jobs, ctx, self.settings.lease_seconds)
         started = time.monotonic()
         log.info(

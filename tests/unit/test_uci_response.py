@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -24,8 +26,10 @@ from data_exhaust.datasets.uci_response import (
     UciResponseExhaust,
     local_day_bounds_ms,
 )
+from data_exhaust.db import make_engine, migrate
 from data_exhaust.jobs import Job, OutputFile, Status
 from data_exhaust.output import write_output
+from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
 from data_exhaust.storage import MemoryBlobStore
 
@@ -239,6 +243,7 @@ class FakeRunContext:
     today: date
     lake: Any
     con: duckdb.DuckDBPyConnection
+    registry: Registry
     blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
     checkpoints: list[int] = field(default_factory=list)
 
@@ -301,7 +306,23 @@ def _context(
 ) -> FakeRunContext:
     base = {"conversationId": "conv-1", "startDate": "2022-06-22", "endDate": "2022-06-22"}
     normalised = DATASET.validate({**base, **config}, _submit(settings))
-    return FakeRunContext(_job(normalised, output_format=output_format), settings, TODAY, lake, con)
+    job = _job(normalised, output_format=output_format)
+    return FakeRunContext(job, settings, TODAY, lake, con, empty_registry(settings))
+
+
+_TEMPLATE: list[Path] = []
+
+
+def empty_registry(settings: Settings) -> Registry:
+    """A real registry on SQLite (copied from a database migrated once per session)."""
+    if not _TEMPLATE:
+        template = Path(tempfile.mkdtemp()) / "registry.db"
+        migrate(f"sqlite:///{template}")
+        _TEMPLATE.append(template)
+    path = settings.data_dir / "registry.db"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_TEMPLATE[0], path)
+    return Registry(make_engine(f"sqlite:///{path}"), settings.secret_box)
 
 
 def _run_csv(

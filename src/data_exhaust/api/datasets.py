@@ -100,8 +100,8 @@ async def handle_submit(
             channel=channel,
             user_id=user,
             datasets=services.datasets,
-            submit=SubmitContext(channel, services.today(), services.settings),
-            secret=services.settings.secret,
+            submit=SubmitContext(channel, services.today(), services.settings, services.registry),
+            box=services.settings.secret_box,
         )
         job, deduplicated = services.jobs.submit(submission)
         if not deduplicated:

@@ -16,7 +16,7 @@ from data_exhaust.datasets import ConfigError, Dataset, SubmitContext
 from data_exhaust.jobs import OUTPUT_FORMATS
 from data_exhaust.keys import Caller
 from data_exhaust.manager import Submission
-from data_exhaust.secrets_box import seal
+from data_exhaust.secrets_box import JOB_SECRETS, SecretBox
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def build_submission(
     user_id: str | None,
     datasets: dict[str, Dataset],
     submit: SubmitContext,
-    secret: bytes,
+    box: SecretBox,
 ) -> Submission:
     """Validate ``request`` in the documented order; a Submission or an ApiError."""
     tag = _tag(request)
@@ -126,7 +126,7 @@ def build_submission(
         raise client_error(
             f"dataset '{dataset_id}' can only be written as {', '.join(dataset.formats)}"
         )
-    secret_data = _pii_checks(request, dataset, caller, secret)
+    secret_data = _pii_checks(request, dataset, caller, box)
     try:
         normalised = dataset.validate(config, submit)
     except ConfigError as exc:
@@ -144,7 +144,7 @@ def build_submission(
 
 
 def _pii_checks(
-    request: dict[str, Any], dataset: Dataset, caller: Caller, secret: bytes
+    request: dict[str, Any], dataset: Dataset, caller: Caller, box: SecretBox
 ) -> str | None:
     """PII datasets need the pii scope and an encryption key, which is sealed, never echoed."""
     key = request.get("encryptionKey")
@@ -163,4 +163,4 @@ def _pii_checks(
             f"encryptionKey is required for dataset '{dataset.id}': the file is "
             "delivered in a zip encrypted with it (8 to 128 characters)"
         )
-    return seal(secret, orjson.dumps({"encryptionKey": key}).decode())
+    return box.seal(orjson.dumps({"encryptionKey": key}).decode(), JOB_SECRETS)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from data_exhaust.jobs import Job, OutputFile
     from data_exhaust.lake import Lake
+    from data_exhaust.registry import Registry
     from data_exhaust.settings import Settings
 
 
@@ -54,6 +55,7 @@ class SubmitContext:
     channel: str
     today: date  # in EXHAUST_TIMEZONE
     settings: Settings
+    registry: Registry | None = None
 
 
 class RunContext(Protocol):
@@ -63,6 +65,7 @@ class RunContext(Protocol):
     settings: Settings
     today: date
     lake: Lake
+    registry: Registry
 
     def checkpoint(self, rows_done: int, rows_total: int | None = None) -> None:
         """Record progress; raises :class:`StopRequested` when the job must stop."""

@@ -110,7 +110,8 @@ class UciResponseExhaust(Dataset):
     def validate(self, config: dict[str, Any], submit: SubmitContext) -> dict[str, Any]:
         """Check ``config`` (first failure wins) and fill in the default dates.
 
-        A missing date defaults to yesterday in ``EXHAUST_TIMEZONE``; a lone ``startDate`` after
+        A missing date defaults to the conversation's registered date, else to yesterday in
+        ``EXHAUST_TIMEZONE``; a lone ``startDate`` after
         yesterday gives ``endDate = startDate``, a lone ``endDate`` before yesterday gives
         ``startDate = endDate``. The result is the normalised config the requestId is computed
         from, so equal submissions on the same day deduplicate.
@@ -123,6 +124,7 @@ class UciResponseExhaust(Dataset):
         conversation_id = _conversation_id(config.get("conversationId"))
         start = _parse_date(config.get("startDate"), "startDate")
         end = _parse_date(config.get("endDate"), "endDate")
+        start, end = registered_dates(submit, conversation_id, start, end)
         start, end = _default_dates(start, end, submit.today - timedelta(days=1))
         if end < start:
             raise ConfigError("endDate must not be before startDate")
@@ -141,12 +143,15 @@ class UciResponseExhaust(Dataset):
     # -- registry hooks -----------------------------------------------------------------------
 
     def conversation_name(self, ctx: RunContext, conversation_id: str) -> str | None:
-        """The registered conversation's name; None (an empty cell) while unregistered."""
-        return None
+        """The name registered for the conversation in the job's channel, else None (an empty
+        cell): another channel's registration never leaks into this channel's file."""
+        found = ctx.registry.get_conversation(conversation_id, [ctx.job.channel])
+        return found.name if found else None
 
     def non_consenting_devices(self, ctx: RunContext, conversation_id: str) -> list[str]:
-        """Devices whose consent is false: their ``Question Response`` is left empty."""
-        return []
+        """Devices whose consent is false: their ``Question Response`` is left empty.
+        Unregistered devices consent by default (datasets.md §3)."""
+        return list(ctx.registry.non_consenting())
 
     # -- run ----------------------------------------------------------------------------------
 
@@ -240,6 +245,18 @@ def _parse_date(value: object, name: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"{name} must be YYYY-MM-DD") from None
+
+
+def registered_dates(
+    submit: SubmitContext, conversation_id: str, start: date | None, end: date | None
+) -> tuple[date | None, date | None]:
+    """Missing dates taken from the conversation's registration in the caller's channel."""
+    if (start is None or end is None) and submit.registry is not None:
+        found = submit.registry.get_conversation(conversation_id, [submit.channel])
+        if found is not None:
+            start = start or found.start_date
+            end = end or found.end_date
+    return start, end
 
 
 def _default_dates(start: date | None, end: date | None, yesterday: date) -> tuple[date, date]:
