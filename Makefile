@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint typecheck clean
+.PHONY: install run test test-deps lint typecheck clean bench
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -28,15 +28,24 @@ run: install
 
 ## lint / typecheck: ruff and mypy --strict
 lint: $(BIN)/exhaust
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(BIN)/exhaust
 	$(BIN)/mypy
 
+## test-deps: system tools only the tests need: 7-Zip's 7z (Debian p7zip-full) opens the
+## private exhaust's AES-256 zips; installed when missing (CI and this machine run as root)
+test-deps:
+	@command -v 7z >/dev/null || (apt-get update -qq && apt-get install -y -qq p7zip-full)
+
 ## test: lint, type checks, then every test (unit, integration, acceptance)
-test: install lint typecheck
+test: install test-deps lint typecheck
 	$(BIN)/pytest
+
+## bench: the benchmark suite (bench/README.md); not part of `make test`. BENCH_ARGS="export --scale 1"
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache

@@ -15,6 +15,8 @@ from data_exhaust.db import migrate
 from data_exhaust.services import Services, build_services
 from data_exhaust.settings import Settings
 
+pytest_plugins = ["tests.pii_guard"]
+
 PG_HOST = os.environ.get("EXHAUST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI") == "true"
 

@@ -21,6 +21,9 @@ CONVERSATION_ID = "d5ab5a8a-3f2a-4a5e-9f4e-9a3c1d3b0a11"
 DEVICE_ID = "8b1f0f3e-6a47-4c52-9a6a-2b8c0a4c8d51"
 ETS = 1655822756892  # 2022-06-21T14:45:56.892Z
 DELETE = object()
+#: Every phone number the test suite uses. The PII guard (tests/pii_guard.py) fails the run
+#: if any of them shows up in a log line, an API answer or a CLI output.
+PHONES = ("+919845012345", "+917760098123", "+14155550123", "+447700900461", "+919000012345")
 
 _counter = itertools.count(1)
 

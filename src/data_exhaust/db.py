@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: The newest migration. A test checks it is Alembic's head, so it cannot fall behind.
+HEAD = "0002"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -37,6 +41,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -44,6 +50,25 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (idempotent)."""
-    make_engine(url).dispose()  # creates the SQLite file's directory
+    """Bring the database at ``url`` to the newest schema (idempotent).
+
+    Alembic (slow to import) only runs when the schema is not already at :data:`HEAD`, so
+    every CLI command can afford to call this.
+    """
+    if current_revision(url) == HEAD:
+        return
+    from alembic import command
+
     command.upgrade(alembic_config(url), "head")
+
+
+def current_revision(url: str) -> str | None:
+    """The revision recorded in ``alembic_version`` (None for a new database)."""
+    engine = make_engine(url)  # also creates the SQLite file's directory
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:
+        return None
+    finally:
+        engine.dispose()

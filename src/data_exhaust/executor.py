@@ -4,11 +4,13 @@
 submitted or released) and ``shutdown``. :class:`EmbeddedExecutor` runs a pool of worker
 threads in the current process (the server's, or ``exhaust worker``'s) plus a maintenance
 thread; :class:`InlineExecutor` runs due jobs synchronously inside ``notify`` and ships as a
-testing tool. The Celery executor (a later issue) implements the same interface.
+testing tool. :class:`~data_exhaust.celery_executor.CeleryExecutor` implements the same
+interface over a Celery broker. ``serve`` is what ``exhaust worker`` runs.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -38,6 +40,15 @@ class Executor(ABC):
 
     def status(self) -> dict[str, object]:
         return {"executor": self.name}
+
+    def serve(self) -> None:
+        """Run jobs in this process until SIGINT / SIGTERM, then let running ones finish."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        done.wait()
+        self.shutdown()
 
 
 class InlineExecutor(Executor):

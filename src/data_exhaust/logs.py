@@ -10,12 +10,18 @@ import sys
 import structlog
 
 
+def console_renderer() -> structlog.dev.ConsoleRenderer:
+    """Readable lines, with plain tracebacks: rich ones print every frame's local variables,
+    which would put secrets (settings, sealed values, phones) into the log."""
+    return structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+
+
 def configure(level: str = "INFO", json: bool | None = None) -> None:
     if json is None:
         env = os.environ.get("EXHAUST_LOG_JSON")
         json = env == "1" if env is not None else not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if json else console_renderer()
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -97,6 +97,10 @@ class JobManager:
             raise JobNotFound
         return job
 
+    def find(self, request_id: str) -> Job | None:
+        """The job with ``request_id``, whatever its tag (for internal bookkeeping)."""
+        return self.store.get(request_id)
+
     def list_tag(self, tag: str, limit: int) -> list[Job]:
         return self.store.search(JobFilter(tags=[tag]), limit)[1]
 
@@ -129,9 +133,11 @@ class JobManager:
 
     # -- worker side -----------------------------------------------------------------------
 
-    def claim(self, owner: str) -> Job | None:
+    def claim(self, owner: str, request_id: str | None = None) -> Job | None:
+        """Lease the oldest due job (or job ``request_id``, if it is waiting and due)."""
         now = self.clock()
-        return self.store.claim(owner, now, now + timedelta(seconds=self.settings.lease_seconds))
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        return self.store.claim(owner, now, lease_until, request_id)
 
     def heartbeat(self, job: Job, progress: dict[str, Any] | None = None) -> Job | None:
         """Extend the lease (and record progress); None when the lease was lost."""

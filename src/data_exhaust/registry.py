@@ -13,14 +13,14 @@ import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, Table, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from data_exhaust.models import Conversation, Device, DeviceConversation
+from data_exhaust.models import Base, Conversation, Device, DeviceConversation
 from data_exhaust.secrets_box import PHONES, SecretBox
 
 PHONE = re.compile(r"\+?[0-9]{6,15}")
@@ -122,7 +122,7 @@ class Registry:
             }
             for c in infos
         ]
-        statement = self._insert(Conversation).values(values)
+        statement = self._insert(_table(Conversation))  # executemany: compiled once, cached
         excluded = statement.excluded
         session.execute(
             statement.on_conflict_do_update(
@@ -134,7 +134,8 @@ class Registry:
                     "end_date": excluded.end_date,
                     "updated_at": excluded.updated_at,
                 },
-            )
+            ),
+            values,
         )
 
     def get_conversation(
@@ -195,9 +196,16 @@ class Registry:
         return self._device_info(device_uuid, may_use)
 
     def upsert_devices(
-        self, session: Session, rows: Sequence[tuple[str, str | None, bool]], task_id: str | None
+        self,
+        session: Session,
+        rows: Sequence[tuple[str, str | None, bool]],
+        task_id: str | None,
+        keep_phone: bool = False,
     ) -> None:
-        """Insert or update ``(uuid, sealed phone, consent)`` rows in one statement."""
+        """Insert or update ``(uuid, sealed phone, consent)`` rows in one statement.
+
+        ``keep_phone``: a row without a phone keeps the stored one (imports) instead of
+        erasing it (PUT replaces)."""
         at = now()
         values = [
             {
@@ -210,24 +218,32 @@ class Registry:
             }
             for uuid, sealed, consent in rows
         ]
-        statement = self._insert(Device).values(values)
+        statement = self._insert(_table(Device))
         excluded = statement.excluded
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["device_uuid"],
                 set_={
-                    "phone_sealed": excluded.phone_sealed,
+                    "phone_sealed": (
+                        func.coalesce(excluded.phone_sealed, Device.phone_sealed)
+                        if keep_phone
+                        else excluded.phone_sealed
+                    ),
                     "consent": excluded.consent,
                     "updated_at": excluded.updated_at,
                 },
-            )
+            ),
+            values,
         )
 
-    def link(self, session: Session, pairs: Sequence[tuple[str, str]], task_id: str | None) -> None:
+    def link(self, session: Session, pairs: Sequence[tuple[str, str]], task_id: str | None) -> int:
+        """Link devices to conversations (existing links are kept); how many links are new."""
         if not pairs:
-            return
+            return 0
         values = [{"device_uuid": d, "conversation_id": c, "task_id": task_id} for d, c in pairs]
-        session.execute(self._insert(DeviceConversation).values(values).on_conflict_do_nothing())
+        table = _table(DeviceConversation)
+        statement = self._insert(table).on_conflict_do_nothing().returning(table.c.device_uuid)
+        return len(session.execute(statement, values).all())
 
     def _check_conversations(
         self, session: Session, ids: Sequence[str], may_use: Collection[str] | None
@@ -334,6 +350,10 @@ class Registry:
                         )
                         changed += 1
                 after = rows[-1][0]
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
 
 
 def _conversation(row: Conversation) -> ConversationInfo:

@@ -9,6 +9,7 @@ from datetime import date, datetime
 
 from sqlalchemy import Engine
 
+from data_exhaust.audit import AuditLog
 from data_exhaust.datasets import Dataset, load_datasets
 from data_exhaust.db import make_engine
 from data_exhaust.executor import EmbeddedExecutor, Executor
@@ -34,6 +35,7 @@ class Services:
     keys: KeyStore
     ingestor: Ingestor
     registry: Registry
+    audit: AuditLog
     datasets: dict[str, Dataset] = field(default_factory=dict)
 
     executor: Executor | None = None
@@ -62,6 +64,18 @@ class Services:
             name,
             registry=self.registry,
         )
+
+    def make_executor(self, threads: int | None = None) -> Executor:
+        """The executor ``EXHAUST_EXECUTOR`` names (the one place that choice is made).
+
+        ``embedded``: worker threads in this process; ``celery``: publishes jobs to the broker
+        and sweeps for lost messages here, while ``exhaust worker`` processes run them.
+        """
+        if self.settings.executor == "celery":
+            from data_exhaust.celery_executor import CeleryExecutor
+
+            return CeleryExecutor(self, concurrency=threads)
+        return self.embedded_executor(threads)
 
     def embedded_executor(self, threads: int | None = None) -> EmbeddedExecutor:
         count = self.settings.workers if threads is None else threads
@@ -112,5 +126,6 @@ def build_services(settings: Settings) -> Services:
         keys=KeyStore(engine),
         ingestor=Ingestor(lake, engine),
         registry=Registry(engine, settings.secret_box),
+        audit=AuditLog(engine),
         datasets=load_datasets(settings.plugins),
     )

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     )
     executor: Literal["embedded", "celery"] = Field("embedded", description="Who runs jobs.")
     broker_url: str | None = Field(None, description="Celery broker (amqp:// or redis://).")
+    celery_queue: str = Field("exhaust", description="Broker queue the Celery jobs go through.")
+    celery_stop_grace_seconds: float = Field(
+        3.0, gt=0, description="A stopped Celery job still running after this is terminated."
+    )
+    celery_redispatch_seconds: float = Field(
+        30.0, gt=0, description="A due job waiting this long with no message is re-published."
+    )
     workers: int = Field(2, ge=0, le=64, description="Concurrent jobs per process (0: API only).")
     run_schedule: str = Field("on-demand", description="'on-demand' or a cron expression.")
     url_ttl_seconds: int = Field(1800, ge=1, description="Lifetime of a signed download URL.")
@@ -54,13 +61,24 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often to recover dead workers' jobs and purge old files."
     )
     timezone: str = Field("UTC", description="Calendar of date ranges and file-name dates.")
-    secret_key: str | None = Field(None, description="Signs URLs; generated into the data dir.")
+    secret_key: str | None = Field(
+        None, description="Signs URLs; generated into the data dir.", repr=False
+    )
     previous_secret_keys: list[str] = Field(
         default_factory=list,
         description="Older secrets (JSON list) whose sealed values still open; for key rotation.",
+        repr=False,
     )
     uci_secret: str | None = Field(
-        None, description="UCI's AES key (16/24/32 characters) to import encrypted device ids."
+        None,
+        description="UCI's AES key (16/24/32 bytes as UTF-8) to import encrypted device ids.",
+        repr=False,
+    )
+    import_batch_rows: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="CSV import rows written per database transaction (devices, conversations).",
     )
     public_url: str | None = Field(
         None, description="Base URL put in download links; default: the URL the client called."

@@ -28,23 +28,28 @@ class LinkError(Exception):
         self.message = message
 
 
-def _message(key: str, expires: int) -> bytes:
-    return f"{key}\n{int(expires)}".encode()
+def _message(key: str, expires: int, by: str) -> bytes:
+    # ``by`` (the API key id the link was issued to, for the audit log) is signed too, so it
+    # cannot be changed to blame someone else; keys and expiries never contain a newline.
+    tail = f"\n{by}" if by else ""
+    return f"{key}\n{int(expires)}{tail}".encode()
 
 
-def sign(key: str, expires: int, secret: bytes) -> str:
-    """The hex HMAC-SHA256 of ``key`` and ``expires`` (epoch seconds) under ``secret``."""
+def sign(key: str, expires: int, secret: bytes, by: str = "") -> str:
+    """The hex HMAC-SHA256 of ``key``, ``expires`` (epoch s) and ``by`` under ``secret``."""
     if not secret:
         raise ValueError("the signing secret is empty")
-    return hmac.new(secret, _message(key, expires), hashlib.sha256).hexdigest()
+    return hmac.new(secret, _message(key, expires, by), hashlib.sha256).hexdigest()
 
 
-def verify(key: str, expires: int, signature: str, secret: bytes, now: float | None = None) -> None:
+def verify(
+    key: str, expires: int, signature: str, secret: bytes, now: float | None = None, by: str = ""
+) -> None:
     """Return if the link is genuine and not expired, else raise :class:`LinkError`.
 
     The link stops working at ``expires``: it is expired when ``now >= expires``.
     """
-    expected = sign(key, expires, secret)
+    expected = sign(key, expires, secret, by)
     # compare_digest refuses non-ASCII str; such a signature cannot be ours anyway.
     if not signature.isascii() or not hmac.compare_digest(expected, signature):
         raise LinkError(INVALID_SIGNATURE)

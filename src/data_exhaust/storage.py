@@ -146,22 +146,31 @@ class BlobStore(ABC):
         """Keys starting with ``prefix``, sorted."""
 
     def signed_url(
-        self, key: str, base_url: str, ttl_seconds: int, now: float | None = None
+        self, key: str, base_url: str, ttl_seconds: int, now: float | None = None, by: str = ""
     ) -> tuple[str, int]:
         """A link to ``GET /download/<key>`` valid ``ttl_seconds``, and its expiry (epoch s).
 
+        ``by`` (an API key id) is carried in the link and signed, for the download audit log.
         Cloud stores override this to return the provider's presigned / SAS URL.
         """
         validate_key(key)
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         expires = math.floor(time.time() if now is None else now) + ttl_seconds
-        query = urlencode({"expires": expires, "signature": sign(key, expires, self._secret)})
-        return f"{base_url.rstrip('/')}/download/{quote(key, safe='/')}?{query}", expires
+        params: dict[str, str | int] = {"expires": expires}
+        if by:
+            params["by"] = by
+        params["signature"] = sign(key, expires, self._secret, by)
+        return (
+            f"{base_url.rstrip('/')}/download/{quote(key, safe='/')}?{urlencode(params)}",
+            expires,
+        )
 
-    def verify_link(self, key: str, expires: int, signature: str, now: float | None = None) -> None:
+    def verify_link(
+        self, key: str, expires: int, signature: str, now: float | None = None, by: str = ""
+    ) -> None:
         """Raise :class:`~data_exhaust.signing.LinkError` unless this store signed the link."""
-        verify(key, expires, signature, self._secret, now)
+        verify(key, expires, signature, self._secret, now, by)
 
 
 def _fsync_file(path: Path) -> None:

@@ -88,8 +88,11 @@ class JobStore(ABC):
         """Apply ``changes`` atomically if the conditions hold; the new job, else None."""
 
     @abstractmethod
-    def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
-        """Atomically move the oldest due SUBMITTED job to PROCESSING, leased by ``owner``."""
+    def claim(
+        self, owner: str, now: datetime, lease_until: datetime, request_id: str | None = None
+    ) -> Job | None:
+        """Atomically move the oldest due SUBMITTED job (or job ``request_id`` if it is one)
+        to PROCESSING, leased by ``owner``."""
 
     @abstractmethod
     def expired_leases(self, now: datetime) -> list[Job]: ...
@@ -155,12 +158,16 @@ class SqlJobStore(JobStore):
                 return None
         return self.get(request_id)
 
-    def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
+    def claim(
+        self, owner: str, now: datetime, lease_until: datetime, request_id: str | None = None
+    ) -> Job | None:
         due = (
             select(JobRequest.request_id)
             .where(JobRequest.status == Status.SUBMITTED.value, JobRequest.run_after <= now)
             .order_by(JobRequest.run_after, JobRequest.dt_job_submitted)
         )
+        if request_id is not None:
+            due = due.where(JobRequest.request_id == request_id)
         if self._postgres:  # rows locked by another claimer are skipped, not waited for
             due = due.limit(1).with_for_update(skip_locked=True)
         else:  # SQLite serialises writers; the status check below settles any race
@@ -175,17 +182,17 @@ class SqlJobStore(JobStore):
         )
         claimed = None
         with Session(self.engine) as session, session.begin():
-            for request_id in list(session.scalars(due)):
+            for candidate in list(session.scalars(due)):
                 result = session.execute(
                     update(JobRequest)
                     .where(
-                        JobRequest.request_id == request_id,
+                        JobRequest.request_id == candidate,
                         JobRequest.status == Status.SUBMITTED.value,
                     )
                     .values(**values)
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed = request_id
+                    claimed = candidate
                     break
         return self.get(claimed) if claimed else None
 
@@ -306,12 +313,16 @@ class MemoryJobStore(JobStore):
             self._jobs[request_id] = replace(job, **copy.deepcopy(changes))
             return copy.deepcopy(self._jobs[request_id])
 
-    def claim(self, owner: str, now: datetime, lease_until: datetime) -> Job | None:
+    def claim(
+        self, owner: str, now: datetime, lease_until: datetime, request_id: str | None = None
+    ) -> Job | None:
         with self._lock:
             due = [
                 j
                 for j in self._jobs.values()
-                if j.status == Status.SUBMITTED and j.run_after <= now
+                if j.status == Status.SUBMITTED
+                and j.run_after <= now
+                and request_id in (None, j.request_id)
             ]
             if not due:
                 return None

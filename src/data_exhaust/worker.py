@@ -9,6 +9,7 @@ atomically by the blob store; whatever a stopped or failed run had published is 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -97,6 +99,12 @@ class JobContext:
             on_batch=lambda rows: self.checkpoint(start + rows, rows_total),
         )
 
+    def publish_file(self, name: str, path: Path, rows: int) -> OutputFile:
+        key = f"{job_prefix(self.job)}/{name}"
+        size, sha256 = _size_and_sha256(path)
+        self.blobs.put_file(key, path)
+        return OutputFile(name=name, key=key, size=size, sha256=sha256, rows=rows)
+
     def progress(self) -> dict[str, Any]:
         percent = None
         if self.rows_total:
@@ -115,6 +123,15 @@ class JobContext:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 class Worker:

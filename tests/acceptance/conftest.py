@@ -55,15 +55,21 @@ class Deployment:
         return env
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        """Run an ``exhaust`` command; its output is also kept in cli.log (the PII guard
+        scans it)."""
+        result = subprocess.run(
             [EXHAUST, *args],
             env=self.env,
             cwd=self.data_dir.parent,
             capture_output=True,
             text=True,
-            check=check,
             timeout=120,
         )
+        with (self.data_dir.parent / "cli.log").open("a", encoding="utf-8") as log:
+            log.write(f"$ exhaust {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+        if check:
+            result.check_returncode()
+        return result
 
     def create_key(self, channel: str, scopes: str) -> str:
         result = self.run("keys", "create", "--channel", channel, "--scope", scopes)

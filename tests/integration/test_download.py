@@ -15,9 +15,13 @@ from httpx2 import Response
 
 from data_exhaust.api.download import PURGED, router
 from data_exhaust.api.errors import ApiError
+from data_exhaust.audit import AuditLog
+from data_exhaust.db import make_engine, migrate
+from data_exhaust.manager import JobManager
 from data_exhaust.settings import Settings
 from data_exhaust.signing import sign
 from data_exhaust.storage import BlobStore, MemoryBlobStore, open_blob_store
+from data_exhaust.store import MemoryJobStore
 
 BASE = "http://testserver"
 KEY = "uci-response-exhaust/0123ABCD/réponses.csv"
@@ -27,10 +31,13 @@ NOW = 1_800_000_000.0
 
 @dataclass
 class StubServices:
-    """The two parts of :class:`data_exhaust.services.Services` the download route uses."""
+    """The parts of :class:`data_exhaust.services.Services` the download route uses: the
+    blob store, settings, the job manager (in memory) and the audit log (real SQLite)."""
 
     blobs: BlobStore
     settings: Settings
+    jobs: JobManager
+    audit: AuditLog
 
 
 class VanishingStore(MemoryBlobStore):
@@ -64,7 +71,10 @@ def blobs(request: pytest.FixtureRequest, settings: Settings) -> BlobStore:
 def make_client(blobs: BlobStore, settings: Settings) -> TestClient:
     app = FastAPI()
     app.include_router(router)
-    app.state.services = StubServices(blobs=blobs, settings=settings)
+    url = f"sqlite:///{settings.data_dir / 'audit.db'}"
+    migrate(url)
+    jobs = JobManager(MemoryJobStore(), settings)
+    app.state.services = StubServices(blobs, settings, jobs, AuditLog(make_engine(url)))
     app.add_exception_handler(ApiError, _api_error)
     return TestClient(app)
 

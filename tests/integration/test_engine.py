@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from data_exhaust.executor import EmbeddedExecutor, Executor, InlineExecutor
 from data_exhaust.jobs import Job, Status
 from data_exhaust.manager import JobConflict, JobNotFound, Submission
 from data_exhaust.services import Services
+from tests.celery_support import celery_executor
 
 
 def submission(rows: int = 250, **config: object) -> Submission:
@@ -44,16 +46,36 @@ def read_csv(services: Services, job: Job) -> str:
     return b"".join(services.blobs.read(file.key)).decode()
 
 
-@pytest.fixture(params=["inline", "embedded"])
-def executor(request: pytest.FixtureRequest, services: Services) -> Executor:
-    """The executor contract runs against every executor."""
-    if request.param == "inline":
+@contextmanager
+def started(kind: str, services: Services) -> Iterator[Executor]:
+    """An executor of ``kind`` running jobs of ``services``; stopped afterwards."""
+    if kind == "celery":  # a real worker (threads pool) on RabbitMQ, in this process
+        with celery_executor(services) as celery:
+            services.executor = celery
+            yield celery
+        services.executor = None
+        return
+    if kind == "inline":
         built: Executor = InlineExecutor(services.worker())
     else:
         built = EmbeddedExecutor(services.worker(), services.jobs, 2, 0.1)
     built.start()
     services.executor = built
-    return built
+    yield built
+
+
+@pytest.fixture(params=["inline", "embedded", "celery"])
+def executor(request: pytest.FixtureRequest, services: Services) -> Iterator[Executor]:
+    """The executor contract runs against every executor."""
+    with started(request.param, services) as built:
+        yield built
+
+
+@pytest.fixture(params=["embedded", "celery"])
+def async_executor(request: pytest.FixtureRequest, services: Services) -> Iterator[Executor]:
+    """Every executor that runs jobs in the background (so that a stop can reach them)."""
+    with started(request.param, services) as built:
+        yield built
 
 
 def test_a_job_runs_to_success_with_its_file(services: Services, executor: Executor) -> None:
@@ -112,9 +134,7 @@ def test_stop_of_a_waiting_job(services: Services) -> None:
     assert services.worker().run_one() is False
 
 
-def test_stop_of_a_running_job_leaves_no_file(services: Services) -> None:
-    services.executor = EmbeddedExecutor(services.worker(), services.jobs, 1, 0.1)
-    services.executor.start()
+def test_stop_of_a_running_job_leaves_no_file(services: Services, async_executor: Executor) -> None:
     job, _ = services.jobs.submit(submission(rows=100_000, delay=0.05, batch=50))
     services.notify()
     wait_for(lambda: services.jobs.get(job.request_id).progress.get("rowsWritten", 0) > 0)

@@ -128,3 +128,16 @@ def test_expired_leases_purgeable_and_release(store: JobStore) -> None:
     assert store.release("other", T0) == 0
     assert store.release("x", T0) == 1
     assert store.get("wait").run_after == T0  # type: ignore[union-attr]
+
+
+def test_claim_of_a_named_job_only_takes_it_when_waiting_and_due(store: JobStore) -> None:
+    store.insert(job("first", minutes=0))
+    store.insert(job("named", minutes=1))
+    store.insert(job("later", minutes=9))
+    now, lease = T0 + timedelta(minutes=2), T0 + timedelta(minutes=3)
+    claimed = store.claim("w1", now, lease, "named")
+    assert claimed is not None and claimed.request_id == "named" and claimed.lease_owner == "w1"
+    assert store.claim("w2", now, lease, "named") is None  # a duplicate delivery: no-op
+    assert store.claim("w2", now, lease, "later") is None  # not due yet
+    assert store.claim("w2", now, lease, "missing") is None
+    assert store.get("first").status == Status.SUBMITTED  # type: ignore[union-attr]

@@ -20,3 +20,12 @@ def test_migrations_equal_models(database_url: str) -> None:
 def test_migrate_is_idempotent(database_url: str) -> None:
     migrate(database_url)
     migrate(database_url)
+
+
+def test_head_constant_is_alembics_head(database_url: str) -> None:
+    from alembic.script import ScriptDirectory
+
+    from data_exhaust.db import HEAD, alembic_config, current_revision
+
+    assert ScriptDirectory.from_config(alembic_config(database_url)).get_current_head() == HEAD
+    assert current_revision(database_url) == HEAD

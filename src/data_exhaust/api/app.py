@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from data_exhaust import __version__
-from data_exhaust.api import datasets, download, ops, registry, reports, telemetry
+from data_exhaust.api import audit, datasets, download, ops, registry, reports, telemetry
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError
 from data_exhaust.metrics import Metrics
@@ -43,13 +43,13 @@ Every route but `/health` and `/download/…` needs `Authorization: Bearer <API 
 
 
 def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
-    """The API over ``services``; with ``run_executor`` it also runs the embedded workers."""
+    """The API over ``services``; with ``run_executor`` it also runs the configured executor
+    (embedded worker threads, or the Celery publisher and sweeper)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings = services.settings
-        if run_executor and settings.executor == "embedded" and services.executor is None:
-            services.executor = services.embedded_executor()
+        if run_executor and services.executor is None:
+            services.executor = services.make_executor()
             services.executor.start()
         yield
         if run_executor and services.executor is not None:
@@ -61,7 +61,7 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     )
     app.state.services = services
     app.state.metrics = Metrics(lambda where: services.jobs.search(where, 0)[0])
-    for module in (datasets, reports, telemetry, registry, download, ops):
+    for module in (datasets, reports, telemetry, registry, download, audit, ops):
         app.include_router(module.router)
     _install_handlers(app)
     return app

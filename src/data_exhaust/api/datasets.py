@@ -36,10 +36,19 @@ def base_url(request: Request, services: Services) -> str:
 
 
 def render(request: Request, services: Services, job: Job) -> dict[str, Any]:
-    urls, expires = signed_urls(
-        job, services.blobs, base_url(request, services), services.settings.url_ttl_seconds
+    return dataset_job(job, *urls_for(request, services, job))
+
+
+def urls_for(request: Request, services: Services, job: Job) -> tuple[list[str], int]:
+    """Fresh signed links for ``job``, issued to the calling key (named in the audit log)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    return signed_urls(
+        job,
+        services.blobs,
+        base_url(request, services),
+        services.settings.url_ttl_seconds,
+        by=caller.key_id if caller else "",
     )
-    return dataset_job(job, urls, expires)
 
 
 def require_request_id(request_id: str | None) -> str:

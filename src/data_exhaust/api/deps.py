@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -12,15 +12,21 @@ from data_exhaust.keys import Caller
 from data_exhaust.services import Services
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    # async: a plain function would cost a thread-pool hop per request for nothing
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def authenticate(
+    request: Request,
     services: ServicesDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> Caller:
@@ -34,13 +40,14 @@ def authenticate(
         raise ApiError(
             "UNAUTHORIZED", "unknown or revoked API key; create one with `exhaust keys create`"
         )
+    request.state.caller = caller  # download links name the key they were issued to
     return caller
 
 
-def require_scope(scope: str) -> Callable[..., Caller]:
+def require_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
     """A dependency that answers 403 unless the caller's key has ``scope`` (or ``admin``)."""
 
-    def check(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+    async def check(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
         if scope not in caller.scopes and not caller.is_admin:
             raise ApiError("FORBIDDEN", f"this API key lacks the '{scope}' scope")
         return caller

@@ -37,6 +37,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from data_exhaust.api.deps import ServicesDep
 from data_exhaust.api.errors import ApiError
+from data_exhaust.audit import Download, now, request_id_of
+from data_exhaust.services import Services
 from data_exhaust.signing import INVALID_SIGNATURE, LinkError
 from data_exhaust.storage import BlobInfo, BlobStore, validate_key
 
@@ -60,6 +62,22 @@ ExpiresParam = Annotated[
     str | None, Query(description="Expiry of the link, epoch seconds (signed).")
 ]
 SignatureParam = Annotated[str | None, Query(description="Hex HMAC-SHA256 of the key and expiry.")]
+ByParam = Annotated[str | None, Query(description="Id of the API key the link was issued to.")]
+
+
+def _audit(services: Services, request: Request, key: str, by: str | None, status: int) -> None:
+    """Record the download (who, which request, which file, when, from where)."""
+    request_id = request_id_of(key)
+    channel = None
+    if request_id is not None:
+        job = services.jobs.find(request_id)
+        channel = job.channel if job else None
+    address = request.client.host if request.client else None
+    services.audit.record(
+        Download(
+            request_id, key, by, channel, address, request.headers.get("user-agent"), status, now()
+        )
+    )
 
 
 class RangeNotSatisfiable(Exception):
@@ -110,12 +128,14 @@ def content_disposition(key: str) -> str:
     return value
 
 
-def _authorise(blobs: BlobStore, key: str, expires: str | None, signature: str | None) -> None:
+def _authorise(
+    blobs: BlobStore, key: str, expires: str | None, signature: str | None, by: str | None
+) -> None:
     if expires is None or signature is None or not _EXPIRES.fullmatch(expires):
         raise ApiError("FORBIDDEN", INVALID_SIGNATURE)
     try:
         validate_key(key)
-        blobs.verify_link(key, int(expires), signature)
+        blobs.verify_link(key, int(expires), signature, by=by or "")
     except ValueError:
         raise ApiError("FORBIDDEN", INVALID_SIGNATURE) from None
     except LinkError as exc:
@@ -181,10 +201,11 @@ def download(
     services: ServicesDep,
     expires: ExpiresParam = None,
     signature: SignatureParam = None,
+    by: ByParam = None,
 ) -> Response:
     """Serve a result file through a signed, expiring link. No API key: the signature is it."""
     blobs = services.blobs
-    _authorise(blobs, key, expires, signature)
+    _authorise(blobs, key, expires, signature, by)
     info = blobs.stat(key)
     if info is None:
         raise ApiError("RESOURCE_NOT_FOUND", PURGED)
@@ -209,6 +230,7 @@ def download(
     }
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    _audit(services, request, key, by, status)
     return StreamingResponse(_body(blobs, key, start, end), status_code=status, headers=headers)
 
 

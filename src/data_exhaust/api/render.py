@@ -14,13 +14,15 @@ def epoch_ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
 
 
-def signed_urls(job: Job, blobs: BlobStore, base_url: str, ttl: int) -> tuple[list[str], int]:
+def signed_urls(
+    job: Job, blobs: BlobStore, base_url: str, ttl: int, by: str = ""
+) -> tuple[list[str], int]:
     """Freshly signed download URLs (only for SUCCESS with files present) and their expiry."""
     expires_at = int(time.time()) + ttl
     urls: list[str] = []
     if job.status == Status.SUCCESS and not job.files_purged:
         for file in job.files:
-            url, expires_at = blobs.signed_url(file.key, base_url, ttl)
+            url, expires_at = blobs.signed_url(file.key, base_url, ttl, by=by)
             urls.append(url)
     return urls, expires_at * 1000
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from data_exhaust.api.datasets import UserHeader, base_url, get_job, handle_list, handle_submit
+from data_exhaust.api.datasets import UserHeader, get_job, handle_list, handle_submit, urls_for
 from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
 from data_exhaust.api.envelope import envelope
-from data_exhaust.api.render import report_job, signed_urls
+from data_exhaust.api.render import report_job
 from data_exhaust.api.schemas import ReportSubmitBody, body
 from data_exhaust.api.submission import REPORT_API
 from data_exhaust.jobs import Job, stored_tag
@@ -23,10 +23,7 @@ ExhaustCaller = Annotated[Caller, Depends(require_scope("exhaust"))]
 
 
 def render(request: Request, services: Services, job: Job) -> dict[str, Any]:
-    urls, expires = signed_urls(
-        job, services.blobs, base_url(request, services), services.settings.url_ttl_seconds
-    )
-    return report_job(job, urls, expires)
+    return report_job(job, *urls_for(request, services, job))
 
 
 @router.post("/job/request/submit", name=f"{API}.submit", openapi_extra=body(ReportSubmitBody))

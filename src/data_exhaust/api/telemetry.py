@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from data_exhaust.api.deps import get_services, require_scope
+from data_exhaust.api.deps import require_scope, services_of
 from data_exhaust.api.errors import ApiError
 from data_exhaust.ingest import IngestResult
 from data_exhaust.keys import Caller
@@ -113,7 +113,7 @@ async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
     batch is accepted. A batch whose ``params.msgid`` was already accepted is acknowledged
     again without being stored twice. Up to 5 MB per request.
     """
-    services = get_services(request)
+    services = services_of(request)
     body = await _read_body(request, services.settings.max_body_bytes)
     params = body.get("params")
     if isinstance(params, dict) and isinstance(params.get("msgid"), str):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import typer
@@ -71,20 +69,27 @@ def _first_run(svc: Services, host: str, port: int) -> None:
 
 
 def worker(
-    threads: int = typer.Option(None, help="Concurrent jobs (default EXHAUST_WORKERS)."),
+    threads: int = typer.Option(
+        None,
+        "--concurrency",
+        "--threads",
+        "-c",
+        help="Concurrent jobs (default EXHAUST_WORKERS): threads, or Celery pool processes.",
+    ),
 ) -> None:
-    """Run workers without the API, against the same database (Ctrl-C stops after the jobs)."""
+    """Run jobs without the API, against the same database (Ctrl-C stops after the jobs).
+
+    With EXHAUST_EXECUTOR=celery this is a Celery worker consuming EXHAUST_CELERY_QUEUE
+    (default "exhaust") on EXHAUST_BROKER_URL; start one per machine.
+    """
     svc = services()
-    if svc.settings.executor != "embedded":
-        raise typer.BadParameter("EXHAUST_EXECUTOR=celery workers are not available yet")
-    executor = svc.embedded_executor(threads)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    executor.start()
-    console.print(f"worker running {executor.threads} job(s) at a time; Ctrl-C to stop")
-    done.wait()
-    executor.shutdown()
+    try:
+        executor = svc.make_executor(threads)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    count = threads if threads is not None else svc.settings.workers
+    console.print(f"{executor.name} worker running {count} job(s) at a time; Ctrl-C to stop")
+    executor.serve()
 
 
 def migrate_cmd() -> None:

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -81,6 +82,12 @@ class RunContext(Protocol):
         rows_total: int | None = None,
     ) -> OutputFile:
         """Stream ``batches`` into ``<stem>.<ext>`` in the job's output format and publish it."""
+
+    def publish_file(self, name: str, path: Path, rows: int) -> OutputFile:
+        """Publish the finished local file ``path`` (consumed) as the job's file ``name``.
+
+        For datasets that must build a file themselves (the private exhaust's encrypted zip):
+        size and SHA-256 are computed here and the blob appears atomically."""
 
 
 class Dataset(ABC):

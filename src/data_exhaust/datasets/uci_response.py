@@ -22,17 +22,27 @@ The conversation registry (a later issue) plugs in through :meth:`conversation_n
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar
-from zoneinfo import ZoneInfo
 
-import pyarrow as pa
-
-from data_exhaust.datasets.base import ConfigError, Dataset, NoDataFound, RunContext, SubmitContext
+from data_exhaust.datasets.base import Dataset, RunContext, SubmitContext
+from data_exhaust.datasets.uci_common import (
+    MAX_RANGE_DAYS,
+    config_bounds_ms,
+    local_day_bounds_ms,
+    non_empty,
+    utc_day,
+    validate_conversation_config,
+)
 from data_exhaust.jobs import OutputFile
+
+# MAX_RANGE_DAYS and local_day_bounds_ms moved to uci_common; re-exported for callers.
+__all__ = [
+    "HEADER",
+    "MAX_RANGE_DAYS",
+    "ROWS_PER_BATCH",
+    "UciResponseExhaust",
+    "local_day_bounds_ms",
+]
 
 HEADER = (
     "Message ID",
@@ -54,17 +64,9 @@ HEADER = (
     "Timestamp",
 )
 
-#: Longest accepted ``startDate..endDate`` span, in days (both ends included).
-MAX_RANGE_DAYS = 366
 #: Rows per Arrow batch: small enough to checkpoint (and honour a stop) often, large enough
 #: that per-batch overhead is negligible.
 ROWS_PER_BATCH = 100_000
-
-_KEYS = ("type", "conversationId", "startDate", "endDate")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-#: Conversation ids are UUIDs in UCI; anything path-like would break the file name and key.
-_CONVERSATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _SELECT = """
 SELECT
@@ -108,37 +110,9 @@ class UciResponseExhaust(Dataset):
     # -- validation ---------------------------------------------------------------------------
 
     def validate(self, config: dict[str, Any], submit: SubmitContext) -> dict[str, Any]:
-        """Check ``config`` (first failure wins) and fill in the default dates.
-
-        A missing date defaults to the conversation's registered date, else to yesterday in
-        ``EXHAUST_TIMEZONE``; a lone ``startDate`` after
-        yesterday gives ``endDate = startDate``, a lone ``endDate`` before yesterday gives
-        ``startDate = endDate``. The result is the normalised config the requestId is computed
-        from, so equal submissions on the same day deduplicate.
-        """
-        if not isinstance(config, dict):
-            raise ConfigError("datasetConfig must be an object")
-        _check_keys(config)
-        if config.get("type", self.id) != self.id:
-            raise ConfigError(f"datasetConfig.type must be '{self.id}'")
-        conversation_id = _conversation_id(config.get("conversationId"))
-        start = _parse_date(config.get("startDate"), "startDate")
-        end = _parse_date(config.get("endDate"), "endDate")
-        start, end = registered_dates(submit, conversation_id, start, end)
-        start, end = _default_dates(start, end, submit.today - timedelta(days=1))
-        if end < start:
-            raise ConfigError("endDate must not be before startDate")
-        days = (end - start).days + 1
-        if days > MAX_RANGE_DAYS:
-            raise ConfigError(
-                f"the date range must not exceed {MAX_RANGE_DAYS} days (got {days}: {start}..{end})"
-            )
-        return {
-            "type": self.id,
-            "conversationId": conversation_id,
-            "startDate": start.isoformat(),
-            "endDate": end.isoformat(),
-        }
+        """The shared UCI config rules (:func:`validate_conversation_config`): conversationId
+        required, dates defaulting to the registered dates, else yesterday."""
+        return validate_conversation_config(self.id, config, submit)
 
     # -- registry hooks -----------------------------------------------------------------------
 
@@ -161,16 +135,14 @@ class UciResponseExhaust(Dataset):
         conversation_id = config["conversationId"]
         ctx.checkpoint(0)
         sql, params = self.query(ctx, conversation_id)
-        batches = _non_empty(ctx.duckdb().sql(sql, params=params).to_arrow_reader(ROWS_PER_BATCH))
+        batches = non_empty(ctx.duckdb().sql(sql, params=params).to_arrow_reader(ROWS_PER_BATCH))
         stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
         return [ctx.write(stem, HEADER, batches)]
 
     def query(self, ctx: RunContext, conversation_id: str) -> tuple[str, dict[str, Any]]:
         """The SQL producing exactly the output columns, and its parameters."""
-        config = ctx.job.config
-        start, end = date.fromisoformat(config["startDate"]), date.fromisoformat(config["endDate"])
-        from_ms, to_ms = local_day_bounds_ms(start, end, ctx.settings.tz)
-        events = ctx.lake.events_sql(_utc_day(from_ms), _utc_day(to_ms - 1), _WHERE)
+        from_ms, to_ms = config_bounds_ms(ctx.job.config, ctx.settings.tz)
+        events = ctx.lake.events_sql(utc_day(from_ms), utc_day(to_ms - 1), _WHERE)
         params: dict[str, Any] = {
             "channel": ctx.job.channel,
             "conversation_id": conversation_id,
@@ -183,86 +155,3 @@ class UciResponseExhaust(Dataset):
             params["blocked_devices"] = blocked
         response = _RESPONSE_UNLESS_BLOCKED if blocked else _RESPONSE
         return _SELECT.format(response=response, events=events), params
-
-
-def local_day_bounds_ms(start: date, end: date, tz: ZoneInfo) -> tuple[int, int]:
-    """Epoch-ms half-open bounds: local midnight of ``start`` to local midnight after ``end``.
-
-    On a day whose midnight falls in a DST gap, zoneinfo's ``fold=0`` maps it to the first
-    instant of that day, which is what a calendar day means.
-    """
-    first = datetime.combine(start, time(0), tzinfo=tz)
-    after = datetime.combine(end + timedelta(days=1), time(0), tzinfo=tz)
-    one_ms = timedelta(milliseconds=1)
-    return (first - _EPOCH) // one_ms, (after - _EPOCH) // one_ms
-
-
-def _utc_day(epoch_ms: int) -> date:
-    return (_EPOCH + timedelta(milliseconds=epoch_ms)).date()
-
-
-def _non_empty(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
-    """``reader`` again, or :class:`NoDataFound` if it yields no rows (decided on one batch).
-
-    Peeking at the first non-empty batch avoids a separate COUNT query over the lake, which
-    would cost as much as the export itself; the job's rowsTotal stays unknown.
-    """
-    batches: Iterator[pa.RecordBatch] = iter(reader)
-    for batch in batches:
-        if batch.num_rows:
-            return pa.RecordBatchReader.from_batches(
-                reader.schema, itertools.chain([batch], batches)
-            )
-    raise NoDataFound()
-
-
-def _check_keys(config: dict[str, Any]) -> None:
-    unknown = sorted(str(k) for k in config if k not in _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown datasetConfig field(s): {', '.join(unknown)}; allowed: {', '.join(_KEYS)}"
-        )
-
-
-def _conversation_id(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError("Request should have conversationId")
-    value = value.strip()
-    if not _CONVERSATION_ID.fullmatch(value):
-        raise ConfigError(
-            "conversationId must be at most 128 letters, digits, '_', '.' or '-',"
-            " starting with a letter or digit"
-        )
-    return value
-
-
-def _parse_date(value: object, name: str) -> date | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _DATE.fullmatch(value):
-        raise ConfigError(f"{name} must be YYYY-MM-DD")
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be YYYY-MM-DD") from None
-
-
-def registered_dates(
-    submit: SubmitContext, conversation_id: str, start: date | None, end: date | None
-) -> tuple[date | None, date | None]:
-    """Missing dates taken from the conversation's registration in the caller's channel."""
-    if (start is None or end is None) and submit.registry is not None:
-        found = submit.registry.get_conversation(conversation_id, [submit.channel])
-        if found is not None:
-            start = start or found.start_date
-            end = end or found.end_date
-    return start, end
-
-
-def _default_dates(start: date | None, end: date | None, yesterday: date) -> tuple[date, date]:
-    """Fill a missing end of the range with yesterday, never crossing the given end."""
-    if start is None:
-        start = yesterday if end is None else min(end, yesterday)
-    if end is None:
-        end = max(start, yesterday)
-    return start, end

@@ -1,0 +1,200 @@
+"""Item 1 — export: ``uci-response-exhaust`` through the real API, beside DuckDB ``COPY`` and a
+hand-written Python ``json`` + ``csv`` exporter, in the same run on the same files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+
+from bench.common import Config, Row, fmt_s, median, timed
+from bench.data import CHANNEL, Dataset, dataset
+from bench.server import export_once, server
+from data_exhaust.datasets.uci_common import local_day_bounds_ms
+from data_exhaust.datasets.uci_response import _RESPONSE, _SELECT, _WHERE, HEADER
+from data_exhaust.lake import Lake
+
+COPY_TARGET = 1.3
+PYTHON_TARGET = 10.0
+
+
+def export_config(conversation: str, first: date, last: date) -> dict[str, Any]:
+    return {
+        "type": "uci-response-exhaust", "conversationId": conversation,
+        "startDate": first.isoformat(), "endDate": last.isoformat(),
+    }  # fmt: skip
+
+
+def bounds_ms(first: date, last: date) -> tuple[int, int]:
+    from zoneinfo import ZoneInfo
+
+    return local_day_bounds_ms(first, last, ZoneInfo("UTC"))
+
+
+def _parquet_files(lake: Path, first: date, last: date) -> list[str]:
+    files: list[str] = []
+    day = first
+    while day <= last:
+        files.extend(str(p) for p in sorted((lake / "events" / f"date={day}").glob("*.parquet")))
+        day += timedelta(days=1)
+    return files
+
+
+def duckdb_copy_sql(lake: Path, conversation: str, first: date, last: date, out: Path) -> str:
+    """What someone who knows DuckDB writes: the same rows and columns, straight to CSV."""
+    low, high = bounds_ms(first, last)
+    files = ", ".join(f"'{f}'" for f in _parquet_files(lake, first, last))
+    return f"""COPY (
+        SELECT mid, conversation_id, NULL::VARCHAR AS name, device_id, session_id, item_id,
+               item_type, item_title, item_desc, TRY_CAST(round(duration) AS BIGINT), score,
+               max_score, options, response, xpath, eof,
+               strftime(make_timestamp(ets * 1000), '%Y-%m-%dT%H:%M:%S.%gZ')
+        FROM read_parquet([{files}])
+        WHERE eid = 'ASSESS' AND channel = '{CHANNEL}' AND conversation_id = '{conversation}'
+          AND ets >= {low} AND ets < {high}
+        ORDER BY ets, mid
+    ) TO '{out}' (HEADER, DELIMITER ',')"""
+
+
+def engine_copy_sql(lake: Path, conversation: str, first: date, last: date, out: Path) -> str:
+    """The engine's own query (``UciResponseExhaust.query``: dedup, lake union) under COPY:
+    separates the query's cost from the Arrow CSV writer's and the job machinery's."""
+    low, high = bounds_ms(first, last)
+    where = (
+        _WHERE.replace("$channel", f"'{CHANNEL}'")
+        .replace("$conversation_id", f"'{conversation}'")
+        .replace("$from_ms", str(low))
+        .replace("$to_ms", str(high))
+    )
+    events = Lake(lake).events_sql(first, last, where)
+    select = _SELECT.format(response=_RESPONSE, events=events).replace(
+        "$conversation_name::VARCHAR", "NULL::VARCHAR"
+    )
+    return f"COPY ({select}) TO '{out}' (HEADER, DELIMITER ',')"
+
+
+def run_copy(sql: str) -> tuple[float, int]:
+    """(seconds, rows written) of one COPY on a fresh connection."""
+    with duckdb.connect() as con:
+        seconds, result = timed(lambda: con.execute(sql).fetchall())
+    return seconds, int(result[0][0])
+
+
+def python_loop(jsonl: Path, conversation: str, first: date, last: date, out: Path) -> int:
+    """A hand-written exporter: ``json.loads`` every line, filter, sort, ``csv.writer``."""
+    low, high = bounds_ms(first, last)
+    rows: list[tuple[int, str, list[Any]]] = []
+    with open(jsonl, encoding="utf-8") as source:
+        for line in source:
+            event = json.loads(line)
+            context = event["context"]
+            if event["eid"] != "ASSESS" or context["channel"] != CHANNEL:
+                continue
+            cdata = context.get("cdata") or []
+            found = next((c["id"] for c in cdata if c.get("type") == "Conversation"), None)
+            if found != conversation or not low <= event["ets"] < high:
+                continue
+            rows.append((event["ets"], event["mid"], _python_row(event, conversation)))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    with open(out, "w", encoding="utf-8", newline="") as target:
+        writer = csv.writer(target, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(row[2] for row in rows)
+    return len(rows)
+
+
+def _python_row(event: dict[str, Any], conversation: str) -> list[Any]:
+    from datetime import UTC, datetime
+
+    context, edata = event["context"], event["edata"]
+    item, rollup = edata["item"], context.get("rollup") or {}
+    moment = datetime.fromtimestamp(event["ets"] / 1000, UTC)
+    compact = {"ensure_ascii": False, "separators": (",", ":")}
+    return [
+        event["mid"], conversation, "", context.get("did"), context.get("sid"),
+        item.get("id"), item.get("type"), item.get("title"), item.get("desc"),
+        round(edata["duration"]), edata["score"], item.get("maxscore"),
+        json.dumps(item.get("params"), **compact), json.dumps(edata["resvalues"], **compact),
+        rollup.get("l3"), rollup.get("l4"), moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+    ]  # fmt: skip
+
+
+def _case(ds: Dataset, which: str) -> tuple[str, str]:
+    if which == "small":
+        return ds.small_conversation, "1 conversation of 50"
+    return ds.large_conversation, "all of the large conversation"
+
+
+def measure_case(
+    config: Config, ds: Dataset, which: str, client: httpx.Client, base: str,
+    headers: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """API, COPY, engine-SQL COPY and Python-loop timings of one case (medians of runs)."""
+    conversation, _ = _case(ds, which)
+    cfg = export_config(conversation, ds.first_day, ds.last_day)
+    export_once(client, base, headers, cfg)  # warm-up: page cache, DuckDB start
+    api, rows = [], 0
+    for _ in range(config.runs):
+        seconds, job = export_once(client, base, headers, cfg)
+        api.append(seconds)
+        rows = int(job["files"][0]["rows"])
+    tmp = Path(tempfile.mkdtemp(dir=config.work))
+    out = tmp / "x.csv"
+    args = (ds.lake, conversation, ds.first_day, ds.last_day, out)
+    copy_sql, engine_sql = duckdb_copy_sql(*args), engine_copy_sql(*args)
+    run_copy(copy_sql)  # warm-up
+    copy_runs = [run_copy(copy_sql) for _ in range(config.runs)]
+    copy, copy_rows = [s for s, _ in copy_runs], copy_runs[0][1]
+    engine = [run_copy(engine_sql)[0] for _ in range(config.runs)]
+    python: list[float] = []
+    python_rows = 0
+    for _ in range(config.runs):
+        seconds, python_rows = timed(lambda: python_loop(ds.jsonl, *args[1:]))
+        python.append(seconds)
+    os.unlink(out)
+    return {
+        "rows": rows, "copy_rows": copy_rows, "python_rows": python_rows,
+        "api_s": api, "copy_s": copy, "engine_sql_copy_s": engine, "python_s": python,
+        "api_median_s": median(api), "copy_median_s": median(copy),
+        "engine_sql_copy_median_s": median(engine), "python_median_s": median(python),
+    }  # fmt: skip
+
+
+def rows_of(which: str, label: str, m: dict[str, Any]) -> list[Row]:
+    api, copy, py = m["api_median_s"], m["copy_median_s"], m["python_median_s"]
+    case = f"{label}: {m['rows']:,} rows"
+    return [
+        Row(
+            "1", "export vs DuckDB COPY", case, fmt_s(api), f"COPY {fmt_s(copy)}",
+            f"{api / copy:.2f}× COPY", f"≤ {COPY_TARGET}× COPY", api / copy <= COPY_TARGET,
+        ),
+        Row(
+            "1", "export vs Python loop", case, fmt_s(api), f"json+csv {fmt_s(py)}",
+            f"{py / api:.1f}× faster", f"≥ {PYTHON_TARGET:.0f}× faster", py / api >= PYTHON_TARGET,
+        ),
+    ]  # fmt: skip
+
+
+def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
+    ds = dataset(config.scale)
+    measurements: dict[str, Any] = {}
+    rows: list[Row] = []
+    with server(config.work / "export" / "var", EXHAUST_LAKE_URL=ds.lake.as_uri()) as srv:
+        key = srv.create_key(CHANNEL)
+        base = srv.serve()
+        headers = {"Authorization": f"Bearer {key}", "X-Channel-ID": CHANNEL}
+        with httpx.Client(timeout=60) as client:
+            for which in ("small", "large"):
+                m = measure_case(config, ds, which, client, base, headers)
+                if not m["rows"] == m["copy_rows"] == m["python_rows"]:
+                    raise RuntimeError(f"row counts differ: {m}")
+                measurements[which] = m
+                rows += rows_of(which, _case(ds, which)[1], m)
+    return rows, {"dataset": ds.info(), "runs": config.runs}, measurements

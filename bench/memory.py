@@ -1,0 +1,51 @@
+"""Item 5 — memory: peak RSS (``VmHWM``) of the server process, whose embedded worker runs
+the export, during the small and the large export (the peak is reset before each with
+``/proc/<pid>/clear_refs``). The 1 M-row import needs issue 5 and is not measurable yet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bench.common import Config, Row
+from bench.data import CHANNEL, dataset
+from bench.export import export_config
+from bench.server import export_once, proc_status, reset_peak, server
+
+TARGET_MB = 300
+
+
+def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
+    ds = dataset(config.scale)
+    found: dict[str, Any] = {}
+    with server(config.work / "memory" / "var", EXHAUST_LAKE_URL=ds.lake.as_uri()) as srv:
+        key = srv.create_key(CHANNEL)
+        base = srv.serve()
+        headers = {"Authorization": f"Bearer {key}", "X-Channel-ID": CHANNEL}
+        found["idle_kb"] = proc_status(srv.pid)
+        with httpx.Client(timeout=60) as client:
+            for which, conversation in (
+                ("small", ds.small_conversation), ("large", ds.large_conversation),
+            ):  # fmt: skip
+                cfg = export_config(conversation, ds.first_day, ds.last_day)
+                peaks, rows = [], 0
+                for _ in range(config.runs):
+                    reset_peak(srv.pid)
+                    _, job = export_once(client, base, headers, cfg)
+                    peaks.append(proc_status(srv.pid)["VmHWM"])
+                    rows = job["files"][0]["rows"]
+                found[which] = {"rows": rows, "peak_kb": peaks, "max_peak_mb": max(peaks) / 1024}
+    idle_mb = found["idle_kb"]["VmRSS"] / 1024
+    small, large = found["small"], found["large"]
+    growth = large["max_peak_mb"] - small["max_peak_mb"]
+    rows = [
+        Row("5", "memory: server peak RSS", f"large export, {large['rows']:,} rows",
+            f"{large['max_peak_mb']:,.0f} MB", f"idle {idle_mb:,.0f} MB; "
+            f"{small['rows']:,}-row export {small['max_peak_mb']:,.0f} MB",
+            f"+{growth:,.0f} MB for {large['rows'] / max(small['rows'], 1):,.0f}× the rows",
+            f"< {TARGET_MB} MB, flat", large["max_peak_mb"] < TARGET_MB),
+        Row("5", "memory: 1 M-row import", "not measurable yet: the teams import comes with "
+            "issue 5", "—", "", "", f"< {TARGET_MB} MB, flat", None),
+    ]  # fmt: skip
+    return rows, {"dataset": ds.info(), "runs": config.runs}, found
