@@ -192,3 +192,34 @@ def test_downloads_are_audited_with_the_key_they_were_issued_to(
     assert entry["file"].endswith(".csv") and entry["address"]
     assert client.get("/v1/audit", headers=mine).status_code == 403
     assert httpx.URL(url).params["by"] == key_id
+
+
+def test_the_encryption_key_is_stored_sealed_and_never_echoed(
+    services: Services, client: TestClient
+) -> None:
+    from sqlalchemy import text
+
+    from data_exhaust.secrets_box import JOB_SECRETS
+
+    services.executor = None  # keep the job waiting: only its stored form matters here
+    mine = auth(services, [CHANNEL], "exhaust,pii")
+    put(client, f"/v1/conversations/{BOT}", mine, name="Bot", channel=CHANNEL)
+    password = "correct horse battery staple"
+    request = {
+        "tag": "p",
+        "dataset": "uci-private-exhaust",
+        "encryptionKey": password,
+        "datasetConfig": {
+            "conversationId": BOT,
+            "startDate": "2022-06-21",
+            "endDate": "2022-06-21",
+        },
+    }
+    answer = client.post("/dataset/v1/request/submit", json={"request": request}, headers=mine)
+    assert answer.status_code == 200 and password not in answer.text
+    with services.engine.connect() as connection:
+        stored = connection.execute(text("SELECT secret_data FROM job_request")).scalar_one()
+    assert password not in stored
+    assert services.settings.secret_box.unseal(stored, JOB_SECRETS) == (
+        f'{{"encryptionKey":"{password}"}}'
+    )
