@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pyzipper
 from tests.acceptance.conftest import Deployment, wait_until
 from tests.conftest import need
 from tests.factories import PHONES, assess_event
+from tests.zips import seven_zip
 
 CHANNEL = "state-a"
 BOT = "4d1c3a6e-2f0b-4d8e-9b1a-7c5e3f2a1b00"
@@ -106,17 +106,6 @@ def pyzipper_open(archive: Path, password: str) -> str:
         (name,) = opened.namelist()
         opened.setpassword(password.encode())
         return opened.read(name).decode()
-
-
-def seven_zip(archive: Path, password: str, dest: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["7z", "x", "-y", "-bd", f"-p{password}", f"-o{dest}", str(archive)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def headers(key: str, channel: str = CHANNEL) -> dict[str, str]:

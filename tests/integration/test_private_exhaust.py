@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from data_exhaust.worker import job_prefix
 from tests.conftest import need
 from tests.factories import PHONES as TEST_PHONES
 from tests.factories import assess_event
+from tests.zips import seven_zip
 
 CHANNEL = "state-a"
 BOT = "bot-1"
@@ -189,17 +189,6 @@ def test_no_device_at_all_is_no_data_found(services: Services) -> None:
     job = run_job(services, seal_key(services), startDate="2022-06-21", endDate="2022-06-21")
     assert (job.status, job.message) == (Status.FAILED, "No data found")
     assert_nothing_left(services, job)
-
-
-def seven_zip(archive: Path, password: str, dest: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["7z", "x", "-y", "-bd", f"-p{password}", f"-o{dest}", str(archive)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_7z_opens_the_zip_with_the_password_only(services: Services, tmp_path: Path) -> None:
