@@ -32,7 +32,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -40,6 +40,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from data_exhaust.fsutil import fsync_dir
@@ -309,7 +311,12 @@ class Lake:
         return parquet, raw
 
     def events_sql(
-        self, first_day: date | None = None, last_day: date | None = None, where: str = "true"
+        self,
+        first_day: date | None = None,
+        last_day: date | None = None,
+        where: str = "true",
+        *,
+        dedup: bool = True,
     ) -> str:
         """A parenthesised subquery over every event, deduplicated, for ``FROM <sql> AS e``.
 
@@ -318,6 +325,10 @@ class Lake:
         predicate over the columns of :data:`COLUMNS` and may use ``$name`` parameters.
         Duplicates are dropped only when both ``mid`` and ``event_hash`` match (two different
         chatbot replies can share a ``mid``). The file lists are fixed when this is called.
+
+        ``dedup=False`` leaves duplicates in, for a caller that sorts by ``mid, event_hash``
+        (within equal ``ets``) and drops them while streaming with
+        :func:`drop_adjacent_duplicates`: DuckDB's ``DISTINCT ON`` holds every row in memory.
         """
         parquet, raw = self._files(first_day, last_day)
         parts = [f"SELECT {EMPTY_SELECT} WHERE false"]  # the empty lake still has the columns
@@ -335,10 +346,8 @@ class Lake:
             )
         names = ", ".join(f'"{name}"' for name in COLUMNS)
         union = " UNION ALL ".join(parts)
-        return (
-            f"(SELECT DISTINCT ON (mid, event_hash) {names} FROM ({union}) AS lake_rows "
-            f"WHERE ({where}))"
-        )
+        distinct = "DISTINCT ON (mid, event_hash) " if dedup else ""
+        return f"(SELECT {distinct}{names} FROM ({union}) AS lake_rows WHERE ({where}))"
 
     def stats(self) -> dict[str, int]:
         """Cheap counts for /health and ``exhaust lake``: no file is opened but quarantine."""
@@ -358,3 +367,36 @@ class Lake:
             "compacted_segments": len(committed),
             "quarantined": quarantined,
         }
+
+
+def drop_adjacent_duplicates(
+    reader: pa.RecordBatchReader, mid: str, digest: str
+) -> pa.RecordBatchReader:
+    """``reader`` without rows whose ``mid`` and ``digest`` equal the previous row's, and
+    without the ``digest`` column. The input must be sorted so that duplicates are adjacent
+    (equal events have equal ``ets``, so ``ORDER BY ets, mid, event_hash`` does it)."""
+    schema = reader.schema
+    output = schema.remove(schema.get_field_index(digest))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        previous: tuple[Any, Any] = (None, None)
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            keep = _not_repeated(batch.column(mid), batch.column(digest), previous)
+            previous = (batch.column(mid)[-1].as_py(), batch.column(digest)[-1].as_py())
+            kept = batch.filter(keep).drop_columns([digest])
+            if kept.num_rows:
+                yield kept
+
+    return pa.RecordBatchReader.from_batches(output, batches())
+
+
+def _not_repeated(mids: pa.Array, digests: pa.Array, previous: tuple[Any, Any]) -> pa.Array:
+    count = len(mids)
+    before_mid = pa.concat_arrays([pa.array([previous[0]], mids.type), mids.slice(0, count - 1)])
+    before_digest = pa.concat_arrays(
+        [pa.array([previous[1]], digests.type), digests.slice(0, count - 1)]
+    )
+    repeated = pc.and_(pc.equal(mids, before_mid), pc.equal(digests, before_digest))
+    return pc.invert(pc.fill_null(repeated, False))

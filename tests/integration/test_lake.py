@@ -279,3 +279,17 @@ def test_ingestor_needs_an_events_array(lake: Lake, sqlite_url: str, body: dict[
         Ingestor(lake, engine).ingest(body)
     assert caught.value.code == "CLIENT_ERROR"
     engine.dispose()
+
+
+def test_adjacent_duplicates_are_dropped_while_streaming() -> None:
+    import pyarrow as pa
+
+    from data_exhaust.lake import drop_adjacent_duplicates
+
+    mids = ["a", "a", "a", "b", "b", "c"]
+    digests = ["h1", "h1", "h2", "h3", "h3", "h4"]  # rows 2 and 5 repeat their predecessor
+    table = pa.table({"mid": mids, "digest": digests, "n": list(range(6))})
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=2))
+    kept = drop_adjacent_duplicates(reader, "mid", "digest").read_all()
+    assert kept.column_names == ["mid", "n"]
+    assert kept.column("n").to_pylist() == [0, 2, 3, 5]  # a repeat across a batch edge too

@@ -223,3 +223,22 @@ def test_the_encryption_key_is_stored_sealed_and_never_echoed(
     assert services.settings.secret_box.unseal(stored, JOB_SECRETS) == (
         f'{{"encryptionKey":"{password}"}}'
     )
+
+
+def test_a_retried_batch_is_exported_once(client: TestClient, services: Services) -> None:
+    mine = auth(services, [CHANNEL], "exhaust,ingest")
+    same_mid_other_reply = assess_event(
+        conversation_id=BOT,
+        mid="shared",
+        ets=ETS + 5,
+        **{"edata.resvalues": [{"ans1": "another reply"}]},
+    )
+    sent = [assess_event(conversation_id=BOT, mid=f"m{i}", ets=ETS + i) for i in range(5)]
+    sent.append(same_mid_other_reply)
+    sent.append(assess_event(conversation_id=BOT, mid="shared", ets=ETS + 5))
+    ingest(services, *sent)
+    ingest(services, *sent)  # the chatbot retried without a msgid: stored twice
+    services.compact_lake()
+    ingest(services, *sent[:3])  # and once more, now split across Parquet and raw segments
+    rows = response_rows(client, mine, startDate="2022-06-21", endDate="2022-06-21")
+    assert [r["Message ID"] for r in rows] == ["m0", "m1", "m2", "m3", "m4", "shared", "shared"]

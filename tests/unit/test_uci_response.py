@@ -218,7 +218,15 @@ class FakeLake:
     path: Path
     asked: list[tuple[date | None, date | None]] = field(default_factory=list)
 
-    def events_sql(self, first_day: date | None, last_day: date | None, where: str = "true") -> str:
+    def events_sql(
+        self,
+        first_day: date | None,
+        last_day: date | None,
+        where: str = "true",
+        *,
+        dedup: bool = True,
+    ) -> str:
+        """Like Lake.events_sql; this fake never deduplicates (its rows are distinct)."""
         self.asked.append((first_day, last_day))
         lo = first_day.isoformat() if first_day else "0000-00-00"
         hi = last_day.isoformat() if last_day else "9999-99-99"

@@ -34,6 +34,7 @@ from data_exhaust.datasets.uci_common import (
     validate_conversation_config,
 )
 from data_exhaust.jobs import OutputFile
+from data_exhaust.lake import drop_adjacent_duplicates
 
 # MAX_RANGE_DAYS and local_day_bounds_ms moved to uci_common; re-exported for callers.
 __all__ = [
@@ -86,10 +87,12 @@ SELECT
     {response} AS "Question Response",
     xpath AS "X Path",
     eof AS "Eof",
-    strftime(make_timestamp(ets * 1000), '%Y-%m-%dT%H:%M:%S.%gZ') AS "Timestamp"
+    strftime(make_timestamp(ets * 1000), '%Y-%m-%dT%H:%M:%S.%gZ') AS "Timestamp",
+    event_hash AS "{digest}"
 FROM {events} AS e
 ORDER BY ets, mid, event_hash
 """
+DIGEST = "__event_hash"  # carried for the streaming dedup, then dropped
 _WHERE = (
     "eid = 'ASSESS' AND channel = $channel AND conversation_id = $conversation_id"
     " AND ets >= $from_ms AND ets < $to_ms"
@@ -135,14 +138,17 @@ class UciResponseExhaust(Dataset):
         conversation_id = config["conversationId"]
         ctx.checkpoint(0)
         sql, params = self.query(ctx, conversation_id)
-        batches = non_empty(ctx.duckdb().sql(sql, params=params).to_arrow_reader(ROWS_PER_BATCH))
+        rows = ctx.duckdb().sql(sql, params=params).to_arrow_reader(ROWS_PER_BATCH)
+        batches = non_empty(drop_adjacent_duplicates(rows, "Message ID", DIGEST))
         stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
         return [ctx.write(stem, HEADER, batches)]
 
     def query(self, ctx: RunContext, conversation_id: str) -> tuple[str, dict[str, Any]]:
         """The SQL producing exactly the output columns, and its parameters."""
         from_ms, to_ms = config_bounds_ms(ctx.job.config, ctx.settings.tz)
-        events = ctx.lake.events_sql(utc_day(from_ms), utc_day(to_ms - 1), _WHERE)
+        # Duplicates (a retried batch) are dropped while streaming, not by DuckDB: see
+        # drop_adjacent_duplicates; it keeps the export's memory flat.
+        events = ctx.lake.events_sql(utc_day(from_ms), utc_day(to_ms - 1), _WHERE, dedup=False)
         params: dict[str, Any] = {
             "channel": ctx.job.channel,
             "conversation_id": conversation_id,
@@ -154,4 +160,4 @@ class UciResponseExhaust(Dataset):
         if blocked:
             params["blocked_devices"] = blocked
         response = _RESPONSE_UNLESS_BLOCKED if blocked else _RESPONSE
-        return _SELECT.format(response=response, events=events), params
+        return _SELECT.format(response=response, events=events, digest=DIGEST), params
