@@ -35,9 +35,11 @@ typecheck: $(BIN)/exhaust
 	$(BIN)/mypy
 
 ## test-deps: system tools only the tests need: 7-Zip's 7z (Debian p7zip-full) opens the
-## private exhaust's AES-256 zips; installed when missing (CI and this machine run as root)
+## private exhaust's AES-256 zips; Debian's chromium runs the browser test of the upload page;
+## installed when missing (CI and this machine run as root)
 test-deps:
 	@command -v 7z >/dev/null || (apt-get update -qq && apt-get install -y -qq p7zip-full)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 ## test: lint, type checks, then every test (unit, integration, acceptance)
 test: install test-deps lint typecheck

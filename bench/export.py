@@ -18,7 +18,7 @@ from bench.common import Config, Row, fmt_s, median, timed
 from bench.data import CHANNEL, Dataset, dataset
 from bench.server import export_once, server
 from data_exhaust.datasets.uci_common import local_day_bounds_ms
-from data_exhaust.datasets.uci_response import _RESPONSE, _SELECT, _WHERE, HEADER
+from data_exhaust.datasets.uci_response import _RESPONSE, _SELECT, _WHERE, DIGEST, HEADER
 from data_exhaust.lake import Lake
 
 COPY_TARGET = 1.3
@@ -64,8 +64,9 @@ def duckdb_copy_sql(lake: Path, conversation: str, first: date, last: date, out:
 
 
 def engine_copy_sql(lake: Path, conversation: str, first: date, last: date, out: Path) -> str:
-    """The engine's own query (``UciResponseExhaust.query``: dedup, lake union) under COPY:
-    separates the query's cost from the Arrow CSV writer's and the job machinery's."""
+    """The engine's own query (``UciResponseExhaust.query``: lake union, no DISTINCT — the
+    engine drops duplicates while streaming) under COPY: separates the query's cost from the
+    Arrow CSV writer's and the job machinery's."""
     low, high = bounds_ms(first, last)
     where = (
         _WHERE.replace("$channel", f"'{CHANNEL}'")
@@ -73,8 +74,8 @@ def engine_copy_sql(lake: Path, conversation: str, first: date, last: date, out:
         .replace("$from_ms", str(low))
         .replace("$to_ms", str(high))
     )
-    events = Lake(lake).events_sql(first, last, where)
-    select = _SELECT.format(response=_RESPONSE, events=events).replace(
+    events = Lake(lake).events_sql(first, last, where, dedup=False)
+    select = _SELECT.format(response=_RESPONSE, events=events, digest=DIGEST).replace(
         "$conversation_name::VARCHAR", "NULL::VARCHAR"
     )
     return f"COPY ({select}) TO '{out}' (HEADER, DELIMITER ',')"

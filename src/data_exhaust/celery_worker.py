@@ -103,7 +103,8 @@ class StopWatchdog:
             os.kill(pid, signal.SIGKILL)
         _wait_until_dead(pid)
         self.services.delete_files(job)
-        if self.services.jobs.stopped(job, elapsed_ms) is not None:
+        progress = self.services.rollback(job)
+        if self.services.jobs.stopped(job, elapsed_ms, progress) is not None:
             log.info("job.stopped", request_id=job.request_id, terminated=True)
         self._stop_seen.pop(job.request_id, None)
 

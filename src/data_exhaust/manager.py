@@ -149,16 +149,27 @@ class JobManager:
             changes["progress"] = progress
         return self._owned_update(job, changes)
 
-    def succeed(self, job: Job, files: list[OutputFile], execution_ms: int) -> Job | None:
+    def succeed(
+        self,
+        job: Job,
+        files: list[OutputFile],
+        execution_ms: int,
+        progress: dict[str, Any] | None = None,
+    ) -> Job | None:
         changes = self._finished(job, Status.SUCCESS, "", self.clock())
         changes.update(files=files, execution_ms=execution_ms, files_purged=False)
         rows = sum(f.rows for f in files)
-        changes["progress"] = {**job.progress, "rowsWritten": rows, "percent": 100.0}
+        base = job.progress if progress is None else progress
+        changes["progress"] = {**base, "rowsWritten": rows, "percent": 100.0}
         return self._owned_update(job, changes)
 
-    def stopped(self, job: Job, execution_ms: int) -> Job | None:
+    def stopped(
+        self, job: Job, execution_ms: int, progress: dict[str, Any] | None = None
+    ) -> Job | None:
         changes = self._finished(job, Status.STOPPED, "stopped on request", self.clock())
         changes["execution_ms"] = execution_ms
+        if progress is not None:
+            changes["progress"] = progress
         return self._owned_update(job, changes)
 
     def fail(
@@ -168,10 +179,13 @@ class JobManager:
         *,
         transient: bool,
         execution_ms: int | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> Job | None:
         """Record a failed execution: retried after a back-off if transient and allowed."""
         changes = self._failure(job, message, transient=transient)
         changes["execution_ms"] = execution_ms
+        if progress is not None:
+            changes["progress"] = progress
         return self._owned_update(job, changes)
 
     # -- maintenance -----------------------------------------------------------------------

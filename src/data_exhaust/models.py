@@ -17,6 +17,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -189,3 +190,38 @@ class DownloadAudit(Base):
     user_agent: Mapped[str | None] = mapped_column(String(300))
     status: Mapped[int] = mapped_column(Integer)
     downloaded_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Team(Base):
+    """A team of the data-collection platform (seed 003), created by a ``teams`` import."""
+
+    __tablename__ = "team"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    name: Mapped[str] = mapped_column(String(600))
+    description: Mapped[str] = mapped_column(Text, default="")
+    manager: Mapped[str] = mapped_column(String(20), default="")
+    members: Mapped[str] = mapped_column(Text, default="")
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)  # importing task
+
+
+class FormResponse(Base):
+    """One answered form of the data-collection platform (seed 003, datasets.md §6)."""
+
+    __tablename__ = "form_response"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    timestamp: Mapped[datetime] = mapped_column(index=True)
+    user: Mapped[str] = mapped_column(String(200), default="")
+    name_of_respondent: Mapped[str] = mapped_column(String(200), default="")
+    gender_of_respondent: Mapped[str] = mapped_column(String(20), default="")
+    reading_books: Mapped[str] = mapped_column(String(100), default="")
+    listening_music: Mapped[str] = mapped_column(String(100), default="")
+    mobile_no: Mapped[str] = mapped_column(String(20), default="")
+    record_latitude: Mapped[float | None] = mapped_column(Float)
+    record_longitude: Mapped[float | None] = mapped_column(Float)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)  # importing task

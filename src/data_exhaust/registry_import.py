@@ -25,15 +25,21 @@ before it (a name, a phone, a consent) are not undone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, delete, or_, select
 from sqlalchemy.orm import Session
 
 from data_exhaust.csv_lines import ImportFormatError as ImportFormatError
-from data_exhaust.csv_lines import Source, header_of, opened, records
+from data_exhaust.csv_lines import Source
+from data_exhaust.import_core import MAX_ERRORS as MAX_ERRORS
+from data_exhaust.import_core import BatchCallback, Parser, Plan, ProgressCallback, run_plan
+from data_exhaust.import_core import ImportFailed as ImportFailed
+from data_exhaust.import_core import ImportResult as ImportResult
+from data_exhaust.import_core import LineError as LineError
+from data_exhaust.import_core import rowcount as _rowcount
 from data_exhaust.models import Conversation, Device, DeviceConversation
 from data_exhaust.registry import (
     ConversationInfo,
@@ -49,7 +55,6 @@ CONVERSATIONS = ("conversation_id", "name", "channel", "start_date", "end_date")
 DEVICES = ("device_uuid", "conversation_id", "phone", "consent")
 UCI_DEVICES = ("device_uuid", "conversation_id", "encrypted_device_id", "consent")
 KINDS = ("conversations", "devices")
-MAX_ERRORS = 100
 LIMITS = {
     "conversation_id": 128,
     "device_uuid": 128,
@@ -63,121 +68,51 @@ LIMITS = {
 }
 TRUE, FALSE = frozenset({"", "true", "yes", "1"}), frozenset({"false", "no", "0"})
 
-ProgressCallback = Callable[[int, int], None]
-Parser = Callable[[list[str]], Any]
-
-
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    message: str
-
-
-@dataclass
-class ImportResult:
-    """What an import did. ``inserted``/``updated`` count conversations or devices,
-    ``linked`` new device-conversation links; ``rows`` counts the data lines read."""
-
-    kind: str
-    task_id: str
-    rows: int = 0
-    accepted: int = 0
-    inserted: int = 0
-    updated: int = 0
-    linked: int = 0
-    rejected: int = 0
-    rolled_back: int = 0
-    errors: list[LineError] = field(default_factory=list)
-    _pending: list[LineError] = field(default_factory=list, repr=False)
-
-    def reject(self, line: int, message: str) -> None:
-        self.rejected += 1
-        self._pending.append(LineError(line, f"line {line}: {message}"))
-
-    def settle(self) -> None:
-        """Keep the first errors in line order (a batch finds some only when it is written)."""
-        self._pending.sort(key=lambda e: e.line)
-        self.errors.extend(self._pending[: MAX_ERRORS - len(self.errors)])
-        self._pending.clear()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "taskId": self.task_id,
-            "rows": self.rows,
-            "accepted": self.accepted,
-            "inserted": self.inserted,
-            "updated": self.updated,
-            "linked": self.linked,
-            "rejected": self.rejected,
-            "rolledBack": self.rolled_back,
-            "errors": [{"line": e.line, "message": e.message} for e in self.errors],
-        }
-
-
-class ImportFailed(Exception):
-    """A strict import met a bad line; ``result.rolled_back`` rows were removed again."""
-
-    def __init__(self, result: ImportResult) -> None:
-        first = result.errors[0].message if result.errors else "the import failed"
-        super().__init__(f"{first} (strict mode: nothing was imported)")
-        self.result = result
-
-
-Flush = Callable[[Registry, str, Session, list[tuple[int, Any]], ImportResult, bool], None]
-
-
-@dataclass
-class _Plan:
-    kind: str
-    registry: Registry
-    task_id: str
-    parser_for: Callable[[tuple[str, ...]], Parser]  # header -> row parser
-    flush: Flush
-    headers: tuple[tuple[str, ...], ...]
-    batch_rows: int
-    on_progress: ProgressCallback | None
-
 
 def import_conversations(
     registry: Registry, source: Source, task_id: str, *, strict: bool = False,
     batch_rows: int = 1000, on_progress: ProgressCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> ImportResult:  # fmt: skip
     """Load ``conversation_id,name,channel,start_date,end_date`` lines (insert or update)."""
-    plan = _Plan(
-        "conversations", registry, task_id, lambda _header: _conversation,
-        _flush_conversations, (CONVERSATIONS,), batch_rows, on_progress,
+    plan = Plan(
+        "conversations", registry.engine, task_id, lambda _header: _conversation,
+        partial(_flush_conversations, registry, task_id), (CONVERSATIONS,), LIMITS, rollback,
+        batch_rows, on_progress, on_batch,
     )  # fmt: skip
-    return _run(plan, source, strict)
+    return run_plan(plan, source, strict)
 
 
 def import_devices(
     registry: Registry, source: Source, task_id: str, *, uci_secret: str | None = None,
     strict: bool = False, batch_rows: int = 1000, on_progress: ProgressCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> ImportResult:  # fmt: skip
     """Load devices with a ``phone`` or a UCI ``encrypted_device_id`` column (the header says
     which); the conversations must be registered already."""
-    plan = _Plan(
-        "devices", registry, task_id, lambda header: _device_parser(header, uci_secret),
-        _flush_devices, (DEVICES, UCI_DEVICES), batch_rows, on_progress,
+    plan = Plan(
+        "devices", registry.engine, task_id, lambda header: _device_parser(header, uci_secret),
+        partial(_flush_devices, registry, task_id), (DEVICES, UCI_DEVICES), LIMITS, rollback,
+        batch_rows, on_progress, on_batch,
     )  # fmt: skip
-    return _run(plan, source, strict)
+    return run_plan(plan, source, strict)
 
 
 def import_csv(
     kind: str, registry: Registry, source: Source, task_id: str, *, uci_secret: str | None = None,
     strict: bool = False, batch_rows: int = 1000, on_progress: ProgressCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> ImportResult:  # fmt: skip
     """Run the import of ``kind`` (``conversations`` or ``devices``), e.g. for a task."""
     if kind == "conversations":
         return import_conversations(
             registry, source, task_id, strict=strict, batch_rows=batch_rows,
-            on_progress=on_progress,
+            on_progress=on_progress, on_batch=on_batch,
         )  # fmt: skip
     if kind == "devices":
         return import_devices(
             registry, source, task_id, uci_secret=uci_secret, strict=strict,
-            batch_rows=batch_rows, on_progress=on_progress,
+            batch_rows=batch_rows, on_progress=on_progress, on_batch=on_batch,
         )  # fmt: skip
     raise ValueError(f"unknown import kind {kind!r}; use one of {', '.join(KINDS)}")
 
@@ -204,86 +139,6 @@ def rollback(engine: Engine, task_id: str) -> int:
         return count + _rowcount(
             session.execute(delete(Conversation).where(Conversation.task_id == task_id))
         )
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-# -- the two passes ------------------------------------------------------------------------
-
-
-def _run(plan: _Plan, source: Source, strict: bool) -> ImportResult:
-    if strict:
-        checked = _pass(plan, source, write=False, strict=True)
-        if checked.rejected:
-            raise ImportFailed(checked)
-    try:
-        result = _pass(plan, source, write=True, strict=strict)
-    except BaseException:
-        if strict:
-            rollback(plan.registry.engine, plan.task_id)
-        raise
-    if strict and result.rejected:  # the database changed between the passes
-        result.rolled_back = rollback(plan.registry.engine, plan.task_id)
-        raise ImportFailed(result)
-    return result
-
-
-def _pass(plan: _Plan, source: Source, *, write: bool, strict: bool) -> ImportResult:
-    result = ImportResult(plan.kind, plan.task_id)
-    with opened(source) as counted:
-        lines = records(counted)
-        header = header_of(lines, plan.headers)
-        parse = plan.parser_for(header)
-        batch: list[tuple[int, Any]] = []
-        for line, fields, error in lines:
-            result.rows += 1
-            item = _parse(parse, header, line, fields, error, result)
-            if item is not None:
-                batch.append(item)
-            if len(batch) >= plan.batch_rows or (strict and result.rejected):
-                _flush(plan, batch, result, write, counted.count)
-                batch = []
-                if strict and result.rejected:
-                    return result
-        _flush(plan, batch, result, write, counted.count)
-    return result
-
-
-def _flush(
-    plan: _Plan, batch: list[tuple[int, Any]], result: ImportResult, write: bool, done: int
-) -> None:
-    if batch:
-        with Session(plan.registry.engine) as session, session.begin():
-            plan.flush(plan.registry, plan.task_id, session, batch, result, write)
-    result.settle()
-    if plan.on_progress is not None:
-        plan.on_progress(done, result.accepted if write else 0)
-
-
-def _parse(
-    parse: Parser, header: tuple[str, ...], line: int, fields: list[str] | None,
-    error: str | None, result: ImportResult,
-) -> tuple[int, Any] | None:  # fmt: skip
-    if fields is None:
-        result.reject(line, error or "unreadable line")
-        return None
-    if len(fields) != len(header):
-        result.reject(
-            line, f"expected {len(header)} columns ({','.join(header)}), found {len(fields)}"
-        )
-        return None
-    values = [value.strip() for value in fields]
-    for name, value in zip(header, values, strict=True):
-        if len(value) > LIMITS[name]:
-            result.reject(line, f"{name} is longer than {LIMITS[name]} characters")
-            return None
-    try:
-        return line, parse(values)
-    except ValueError as exc:
-        result.reject(line, str(exc))
-        return None
 
 
 # -- conversations -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import fcntl
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -98,6 +99,12 @@ class Services:
 
     def delete_files(self, job: Job) -> None:
         self.blobs.delete_prefix(job_prefix(job) + "/")
+
+    def rollback(self, job: Job) -> dict[str, Any] | None:
+        """Undo the rows of a killed run of ``job`` (an import); its new progress, or None."""
+        dataset = self.datasets.get(job.dataset)
+        undone = dataset.rollback(job, self.registry) if dataset is not None else None
+        return None if undone is None else {**job.progress, "rolledBack": undone}
 
     def compact_lake(self) -> int | None:
         """Compact the lake unless another process is doing it (an exclusive file lock)."""

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Base URL put in download links; default: the URL the client called."
     )
+    duckdb_memory_limit: str = Field(
+        "256MB", description="Memory cap of each job's DuckDB queries (they spill beyond it)."
+    )
     csv_bom: bool = Field(False, description="Start CSV files with a UTF-8 BOM (for Excel).")
     csv_formula_guard: bool = Field(
         True, description="Prefix cells starting with = + - @ tab CR with ' (OWASP)."

@@ -61,6 +61,8 @@ class JobContext:
     rows_done: int = 0
     rows_total: int | None = None
     lease_lost: bool = False
+    #: What a dataset adds to the job's progress (an import's counts and errors).
+    details: dict[str, Any] = field(default_factory=dict)
     _connections: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,7 +74,16 @@ class JobContext:
             raise StopRequested
 
     def duckdb(self) -> duckdb.DuckDBPyConnection:
-        connection = duckdb.connect()
+        """A connection capped at ``EXHAUST_DUCKDB_MEMORY_LIMIT``: a large sort spills to
+        ``<data dir>/tmp/duckdb`` instead of growing the worker with the size of the output."""
+        spill = self.settings.data_dir / "tmp" / "duckdb"
+        spill.mkdir(parents=True, exist_ok=True)
+        connection = duckdb.connect(
+            config={
+                "memory_limit": self.settings.duckdb_memory_limit,
+                "temp_directory": str(spill),
+            }
+        )
         with self._lock:
             self._connections.append(connection)
         if self.stop_event.is_set():
@@ -109,7 +120,12 @@ class JobContext:
         percent = None
         if self.rows_total:
             percent = round(min(100.0, 100.0 * self.rows_done / self.rows_total), 1)
-        return {"rowsWritten": self.rows_done, "rowsTotal": self.rows_total, "percent": percent}
+        return {
+            "rowsWritten": self.rows_done,
+            "rowsTotal": self.rows_total,
+            "percent": percent,
+            **self.details,
+        }
 
     def request_stop(self) -> None:
         """Make the next checkpoint raise, and interrupt queries in flight."""
@@ -164,6 +180,8 @@ class Worker:
     def execute(self, job: Job) -> None:
         today = datetime.now(self.settings.tz).date()
         ctx = JobContext(job, self.settings, self.lake, self.blobs, today, self.registry)
+        if job.stop_requested:  # asked to stop before this run looked at the flag
+            ctx.request_stop()
         heartbeat = _Heartbeat(self.jobs, ctx, self.settings.lease_seconds)
         started = time.monotonic()
         log.info(
@@ -190,19 +208,23 @@ class Worker:
             if not ctx.stop_event.is_set():
                 raise RuntimeError("DuckDB query interrupted without a stop request") from exc
             self._discard(job, ctx)
-            self.jobs.stopped(job, elapsed())
+            self.jobs.stopped(job, elapsed(), ctx.progress())
             log.info("job.stopped", request_id=job.request_id)
         except (PermanentError, ConfigError) as exc:
             self._discard(job, ctx)
-            self.jobs.fail(job, str(exc), transient=False, execution_ms=elapsed())
+            self.jobs.fail(
+                job, str(exc), transient=False, execution_ms=elapsed(), progress=ctx.progress()
+            )
             log.info("job.failed", request_id=job.request_id, reason=str(exc))
         except Exception as exc:
             self._discard(job, ctx)
-            message = f"{type(exc).__name__}: {exc}"
-            self.jobs.fail(job, message, transient=True, execution_ms=elapsed())
+            message = public_message(exc)
+            self.jobs.fail(
+                job, message, transient=True, execution_ms=elapsed(), progress=ctx.progress()
+            )
             log.exception("job.error", request_id=job.request_id)
         else:
-            if self.jobs.succeed(job, files, elapsed()) is None:
+            if self.jobs.succeed(job, files, elapsed(), ctx.progress()) is None:
                 log.warning("job.lease_lost", request_id=job.request_id)
                 return
             log.info(
@@ -213,12 +235,26 @@ class Worker:
             )
 
     def _discard(self, job: Job, ctx: JobContext) -> None:
-        """Remove every file a run published before it stopped or failed.
+        """Remove every file a run published before it stopped or failed, and roll back the
+        rows it wrote (an import's, by task id: :meth:`Dataset.rollback`).
 
         Not when the lease was lost: the job may already run elsewhere, writing those keys.
         """
-        if not ctx.lease_lost:
-            self.blobs.delete_prefix(job_prefix(job) + "/")
+        if ctx.lease_lost:
+            return
+        self.blobs.delete_prefix(job_prefix(job) + "/")
+        dataset = self.datasets.get(job.dataset)
+        undone = dataset.rollback(job, self.registry) if dataset is not None else None
+        if undone is not None:
+            ctx.details["rolledBack"] = undone
+            log.info("job.rolled_back", request_id=job.request_id, rows=undone)
+
+
+def public_message(exc: Exception) -> str:
+    """What a failure says to API clients: the error's type and first line only, because
+    later lines (SQL parameters, database DETAIL lines) can quote stored data."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 class _Heartbeat:

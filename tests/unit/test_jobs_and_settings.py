@@ -75,3 +75,11 @@ def test_embedded_defaults_live_in_the_data_dir(tmp_path: Path) -> None:
     assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'exhaust.db'}"
     assert settings.resolved_storage_url == (tmp_path / "blobs").as_uri()
     assert settings.url_ttl_seconds == 1800 and settings.retention_days == 7
+
+
+def test_failure_messages_shown_to_clients_keep_only_the_first_line() -> None:
+    from data_exhaust.worker import public_message
+
+    error = RuntimeError("duplicate key\nDETAIL: Key (mobile_no)=(98450 12345) exists\n[SQL: …]")
+    assert public_message(error) == "RuntimeError: duplicate key"
+    assert public_message(OSError()) == "OSError"

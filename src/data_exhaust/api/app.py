@@ -12,7 +12,17 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from data_exhaust import __version__
-from data_exhaust.api import audit, datasets, download, ops, registry, reports, telemetry
+from data_exhaust.api import (
+    audit,
+    datasets,
+    download,
+    ops,
+    pages,
+    registry,
+    reports,
+    tasks,
+    telemetry,
+)
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError
 from data_exhaust.metrics import Metrics
@@ -61,7 +71,7 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     )
     app.state.services = services
     app.state.metrics = Metrics(lambda where: services.jobs.search(where, 0)[0])
-    for module in (datasets, reports, telemetry, registry, download, audit, ops):
+    for module in (datasets, reports, telemetry, registry, download, audit, ops, tasks, pages):
         app.include_router(module.router)
     _install_handlers(app)
     return app

@@ -110,10 +110,11 @@ def build_submission(
     dataset_id = _text(request, names.dataset)
     config = _config(request, names.config)
     dataset = datasets.get(dataset_id)
-    if dataset is None:
+    if dataset is None or dataset.internal:
+        public = [name for name, found in datasets.items() if not found.internal]
         raise client_error(
             f"{names.dataset} '{dataset_id}' is not supported; "
-            f"supported datasets: {', '.join(datasets)}"
+            f"supported datasets: {', '.join(public)}"
         )
     requested_channel = _optional_text(request, "requestedChannel", 100)
     if requested_channel is not None and requested_channel != channel:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from data_exhaust.lake import Lake
     from data_exhaust.registry import Registry
     from data_exhaust.settings import Settings
+    from data_exhaust.storage import BlobStore
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,9 @@ class RunContext(Protocol):
     today: date
     lake: Lake
     registry: Registry
+    blobs: BlobStore
+    #: Merged into the job's progress (an import's counts and errors).
+    details: dict[str, Any]
 
     def checkpoint(self, rows_done: int, rows_total: int | None = None) -> None:
         """Record progress; raises :class:`StopRequested` when the job must stop."""
@@ -99,6 +103,8 @@ class Dataset(ABC):
     pii: ClassVar[bool] = False
     #: The output formats this dataset can write.
     formats: ClassVar[tuple[str, ...]] = ("csv", "csv.gz", "jsonl", "parquet")
+    #: Internal datasets (imports) run as jobs but cannot be submitted through the dataset API.
+    internal: ClassVar[bool] = False
 
     @abstractmethod
     def validate(self, config: dict[str, Any], submit: SubmitContext) -> dict[str, Any]:
@@ -107,3 +113,8 @@ class Dataset(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> list[OutputFile]:
         """Produce the result files; raise :class:`NoDataFound` when there is nothing."""
+
+    def rollback(self, job: Job, registry: Registry) -> int | None:
+        """Undo the rows a stopped or failed run of ``job`` wrote; how many (None: nothing to
+        undo, the default for exports, whose files the engine deletes)."""
+        return None

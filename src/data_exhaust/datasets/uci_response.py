@@ -67,7 +67,7 @@ HEADER = (
 
 #: Rows per Arrow batch: small enough to checkpoint (and honour a stop) often, large enough
 #: that per-batch overhead is negligible.
-ROWS_PER_BATCH = 100_000
+ROWS_PER_BATCH = 20_000
 
 _SELECT = """
 SELECT

@@ -1,0 +1,143 @@
+"""CSV imports of the data-collection tables (seed 003): ``teams`` and ``form-responses``.
+
+Both only insert: every row gets the task id, so :func:`rollback_teams` /
+:func:`rollback_form_responses` remove exactly what one task created and nothing else.
+
+- teams: ``name,description,manager,members`` (``name`` 1–600 characters, ``manager`` at
+  most 20);
+- form-responses: the export's columns (datasets.md §6), ``timestamp`` ISO-8601 (a time
+  without a zone is in ``EXHAUST_TIMEZONE``), latitude/longitude decimal degrees or empty,
+  ``mobile_no`` digits with an optional leading ``+`` (at most 20 characters).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, tzinfo
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert
+from sqlalchemy.orm import Session
+
+from data_exhaust.csv_lines import Source
+from data_exhaust.import_core import BatchCallback, ImportResult, Plan, rowcount, run_plan
+from data_exhaust.models import FormResponse, Team
+
+TEAMS = ("name", "description", "manager", "members")
+FORM_RESPONSES = (
+    "timestamp",
+    "user",
+    "name_of_respondent",
+    "gender_of_respondent",
+    "reading_books",
+    "listening_music",
+    "mobile_no",
+    "record_latitude",
+    "record_longitude",
+)
+TEAM_LIMITS = {"name": 600, "description": 10_000, "manager": 20, "members": 10_000}
+FORM_LIMITS = {
+    "timestamp": 40,
+    "user": 200,
+    "name_of_respondent": 200,
+    "gender_of_respondent": 20,
+    "reading_books": 100,
+    "listening_music": 100,
+    "mobile_no": 20,
+    "record_latitude": 40,
+    "record_longitude": 40,
+}
+MOBILE = re.compile(r"\+?[0-9]{3,19}")
+
+
+def import_teams(
+    engine: Engine, source: Source, task_id: str, *, strict: bool = False,
+    batch_rows: int = 1000, on_batch: BatchCallback | None = None,
+) -> ImportResult:  # fmt: skip
+    """Insert one team per line."""
+    plan = Plan(
+        "teams", engine, task_id, lambda _header: _team, partial(_insert, Team, task_id),
+        (TEAMS,), TEAM_LIMITS, rollback_teams, batch_rows, on_batch=on_batch,
+    )  # fmt: skip
+    return run_plan(plan, source, strict)
+
+
+def import_form_responses(
+    engine: Engine, source: Source, task_id: str, *, tz: tzinfo, strict: bool = False,
+    batch_rows: int = 1000, on_batch: BatchCallback | None = None,
+) -> ImportResult:  # fmt: skip
+    """Insert one form response per line."""
+    plan = Plan(
+        "form-responses", engine, task_id, lambda _header: partial(_form_response, tz),
+        partial(_insert, FormResponse, task_id), (FORM_RESPONSES,), FORM_LIMITS,
+        rollback_form_responses, batch_rows, on_batch=on_batch,
+    )  # fmt: skip
+    return run_plan(plan, source, strict)
+
+
+def rollback_teams(engine: Engine, task_id: str) -> int:
+    return _delete(engine, Team, task_id)
+
+
+def rollback_form_responses(engine: Engine, task_id: str) -> int:
+    return _delete(engine, FormResponse, task_id)
+
+
+def _delete(engine: Engine, model: type[Team] | type[FormResponse], task_id: str) -> int:
+    if not task_id:
+        raise ValueError("task_id is required")
+    with Session(engine) as session, session.begin():
+        return rowcount(session.execute(delete(model).where(model.task_id == task_id)))
+
+
+def _insert(
+    model: type[Team] | type[FormResponse], task_id: str, session: Session,
+    batch: list[tuple[int, Any]], result: ImportResult, write: bool,
+) -> None:  # fmt: skip
+    result.accepted += len(batch)
+    if not write:
+        return
+    session.execute(insert(model), [{**row, "task_id": task_id} for _, row in batch])
+    result.inserted += len(batch)
+
+
+def _team(values: list[str]) -> dict[str, Any]:
+    name, description, manager, members = values
+    if not name:
+        raise ValueError("name is required (1 to 600 characters)")
+    return {"name": name, "description": description, "manager": manager, "members": members}
+
+
+def _form_response(tz: tzinfo, values: list[str]) -> dict[str, Any]:
+    row = dict(zip(FORM_RESPONSES, values, strict=True))
+    if row["mobile_no"] and not MOBILE.fullmatch(row["mobile_no"]):
+        raise ValueError("mobile_no must be digits with an optional leading +")
+    return {
+        **row,
+        "timestamp": parse_moment(row["timestamp"], tz, "timestamp"),
+        "record_latitude": _degrees(row["record_latitude"], "record_latitude", 90),
+        "record_longitude": _degrees(row["record_longitude"], "record_longitude", 180),
+    }
+
+
+def parse_moment(value: str, tz: tzinfo, name: str) -> datetime:
+    """An ISO-8601 date or date-time (``2020-05-15 00:00`` too); no zone: in ``tz``."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name} must be an ISO-8601 date-time like 2020-05-15T10:30") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
+
+
+def _degrees(value: str, name: str, limit: int) -> float | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a decimal number of degrees") from None
+    if not math.isfinite(number) or abs(number) > limit:
+        raise ValueError(f"{name} must be between -{limit} and {limit}")
+    return number
