@@ -1,19 +1,135 @@
-"""Item 4 — teams CSV import into Postgres beside ``psql \\copy``: a placeholder.
+"""Items 4 and 5 — a teams CSV import into Postgres beside ``psql \\copy``, the peak RSS of
+the server during a 1,000,000-row import, and a stop half-way with a complete rollback.
 
-The import task (``/import_teams/``, with per-task rollback) comes with issue 5 and does not
-exist yet; this benchmark reports that plainly instead of a number.
+The import runs as a user runs it: ``POST /v1/imports/teams`` to a real ``exhaust serve`` on
+a fresh Postgres database, polling ``/tasks/<id>`` until it ends. ``\\copy`` loads the same
+file into the same table (no task id, no validation, no rollback: the practical limit).
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
-from bench.common import Config, Row
+import httpx
+import psycopg
 
-PLACEHOLDER = "not measurable yet: the teams import comes with issue 5"
+from bench.api import postgres_database
+from bench.common import Config, Row, fmt_s, median
+from bench.server import proc_status, reset_peak, server
+
+COPY_RATIO_TARGET = 0.5
+RSS_TARGET_MB = 300
+TERMINAL = ("SUCCESS", "FAILED", "STOPPED")
+
+
+def teams_csv(path: Path, rows: int) -> Path:
+    """A realistic teams file: names with commas and quotes, Devanagari, member lists."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("name,description,manager,members\n")
+        for n in range(rows):
+            out.write(f'"Team {n}, शिक्षा ""{n % 97}""","District {n % 613} reading '
+                      f'programme",mgr{n % 5000},"m{n}a;m{n}b;m{n}c"\n')  # fmt: skip
+    return path
+
+
+def post_import(client: httpx.Client, base: str, key: str, csv: Path) -> str:
+    headers = {"Authorization": f"Bearer {key}"}
+    with csv.open("rb") as handle:
+        answer = client.post(f"{base}/v1/imports/teams", headers=headers,
+                             files={"file": (csv.name, handle, "text/csv")})  # fmt: skip
+    answer.raise_for_status()
+    return str(answer.json()["result"]["taskId"])
+
+
+def wait_task(
+    client: httpx.Client, base: str, key: str, task_id: str, done: int | None = None
+) -> dict[str, Any]:
+    """Poll the task until it ends (or has ``done`` rows); a bounded loop."""
+    deadline, headers = time.monotonic() + 900, {"Authorization": f"Bearer {key}"}
+    while time.monotonic() < deadline:
+        answer = client.get(f"{base}/tasks/{task_id}", headers=headers)
+        task: dict[str, Any] = answer.json()["result"]
+        if task["status"] in TERMINAL or (done is not None and task["progress"]["done"] >= done):
+            return task
+        time.sleep(0.05)
+    raise TimeoutError(f"task {task_id} did not finish")
+
+
+def rows_of(url: str, task_id: str | None = None) -> int:
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain) as con:
+        where, params = ("WHERE task_id = %s", (task_id,)) if task_id else ("", ())
+        row = con.execute(f"SELECT count(*) FROM team {where}", params).fetchone()
+        return int(row[0]) if row else 0
+
+
+def psql_copy(url: str, csv: Path) -> float:
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    command = f"\\copy team(name, description, manager, members) FROM '{csv}' CSV HEADER"
+    started = time.perf_counter()
+    subprocess.run(["psql", plain, "-q", "-c", command], check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
-    row = Row("4", "import teams CSV vs psql \\copy", PLACEHOLDER, "—", "—", "—",
-              "≥ 0.5× \\copy, with rollback", None)  # fmt: skip
-    return [row], {"status": PLACEHOLDER}, {}
+    rate_rows, big_rows = 200_000, 1_000_000
+    small = teams_csv(config.work / "imports" / f"teams_{rate_rows}.csv", rate_rows)
+    big = teams_csv(config.work / "imports" / f"teams_{big_rows}.csv", big_rows)
+    found: dict[str, Any] = {"import_s": [], "copy_s": []}
+    with postgres_database() as url, server(config.work / "imports" / "var",
+                                            EXHAUST_DATABASE_URL=url) as srv:  # fmt: skip
+        key = srv.create_key("bench", "admin")
+        base = srv.serve()
+        with httpx.Client(timeout=600) as client:
+            for _ in range(config.runs):
+                started = time.perf_counter()
+                task = wait_task(client, base, key, post_import(client, base, key, small))
+                found["import_s"].append(time.perf_counter() - started)
+                assert task["status"] == "SUCCESS", task
+                found["copy_s"].append(psql_copy(url, small))
+            reset_peak(srv.pid)
+            started = time.perf_counter()
+            task = wait_task(client, base, key, post_import(client, base, key, big))
+            found["big_s"] = time.perf_counter() - started
+            found["big_peak_mb"] = proc_status(srv.pid)["VmHWM"] / 1024
+            found["big_inserted"] = task["counts"]["inserted"]
+            found["stop"] = stop_half_way(client, base, key, big, url)
+    return rows(found, rate_rows, big_rows), {"rows": rate_rows, "big_rows": big_rows}, found
+
+
+def stop_half_way(client: httpx.Client, base: str, key: str, csv: Path, url: str) -> dict[str, Any]:
+    task_id = post_import(client, base, key, csv)
+    wait_task(client, base, key, task_id, done=500_000)
+    started = time.perf_counter()
+    client.post(f"{base}/stop_task/{task_id}", headers={"Authorization": f"Bearer {key}"})
+    task = wait_task(client, base, key, task_id)
+    return {
+        "status": task["status"],
+        "stop_to_stopped_s": time.perf_counter() - started,
+        "rolled_back": task["counts"]["rolledBack"],
+        "rows_left": rows_of(url, task_id),
+    }
+
+
+def rows(found: dict[str, Any], rate_rows: int, big_rows: int) -> list[Row]:
+    imp, cp = median(found["import_s"]), median(found["copy_s"])
+    stop = found["stop"]
+    return [
+        Row("4", "import teams CSV (HTTP task) vs psql \\copy", f"{rate_rows:,} rows, Postgres",
+            f"{rate_rows / imp:,.0f} rows/s ({fmt_s(imp)})", f"\\copy {rate_rows / cp:,.0f} rows/s",
+            f"{cp / imp:.2f}× \\copy", f"≥ {COPY_RATIO_TARGET}× \\copy, with rollback",
+            cp / imp >= COPY_RATIO_TARGET),
+        Row("5", "memory: server peak RSS", f"{big_rows:,}-row teams import",
+            f"{found['big_peak_mb']:,.0f} MB", f"{big_rows / found['big_s']:,.0f} rows/s", "",
+            f"< {RSS_TARGET_MB} MB, flat", found["big_peak_mb"] < RSS_TARGET_MB),
+        Row("4", "stop half-way, then rollback", f"{big_rows:,}-row import stopped at ≥ 50 %",
+            f"{stop['status']} in {fmt_s(stop['stop_to_stopped_s'])}, "
+            f"{stop['rolled_back']:,} rows rolled back, {stop['rows_left']} left", "", "",
+            "STOPPED, 0 rows left", stop["status"] == "STOPPED" and stop["rows_left"] == 0),
+    ]  # fmt: skip

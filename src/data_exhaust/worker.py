@@ -75,9 +75,9 @@ class JobContext:
 
     def duckdb(self) -> duckdb.DuckDBPyConnection:
         """A connection capped at ``EXHAUST_DUCKDB_MEMORY_LIMIT``: a large sort spills to
-        ``<data dir>/tmp/duckdb`` instead of growing the worker with the size of the output."""
-        spill = self.settings.data_dir / "tmp" / "duckdb"
-        spill.mkdir(parents=True, exist_ok=True)
+        ``<data dir>/spill`` (made by DuckDB when needed) instead of growing the worker with
+        the size of the output."""
+        spill = self.settings.data_dir / "spill"
         connection = duckdb.connect(
             config={
                 "memory_limit": self.settings.duckdb_memory_limit,

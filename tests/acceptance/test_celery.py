@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from data_exhaust.db import make_engine
 from data_exhaust.keys import KeyStore
 from tests.acceptance.conftest import Deployment, wait_until
+from tests.acceptance.test_tasks_http import big_teams_csv, task
 from tests.acceptance.test_workers import CHANNEL, published, read, submit
 from tests.celery_support import AMQP_URL, REDIS_URL, delete_queue, need_broker, unique_queue
 from tests.conftest import PG_HOST, sa_url
@@ -43,6 +45,7 @@ class Cluster:
                 "EXHAUST_CELERY_QUEUE": self.queue,
                 "EXHAUST_CELERY_REDISPATCH_SECONDS": "2",
                 "EXHAUST_CELERY_STOP_GRACE_SECONDS": "2",
+                "EXHAUST_IMPORT_BATCH_ROWS": "20",  # imports long enough to stop half-way
                 "COUNTING_RUN_LOG": str(run_log),
             }
         )
@@ -144,6 +147,27 @@ def test_stop_of_a_running_job_ends_it_within_seconds_with_no_file(rabbit: Clust
     print(f"running job STOPPED {time.monotonic() - asked:.2f}s after the request")
     assert all(request_id not in str(p) for p in published(rabbit.deployment))
     assert rabbit.stop("long", request_id)["status"] == "STOPPED"  # twice is harmless
+
+
+def test_stop_during_a_running_import_rolls_every_row_back(rabbit: Cluster) -> None:
+    engine = make_engine(rabbit.deployment.database_url)
+    admin = {"Authorization": f"Bearer {KeyStore(engine).create('ops', [], ['admin'])[1]}"}
+    files = {"file": ("teams.csv", big_teams_csv(60_000), "text/csv")}
+    answer = httpx.post(f"{rabbit.base}/v1/imports/teams", files=files, headers=admin, timeout=60)
+    task_id = answer.json()["result"]["taskId"]
+    wait_until(lambda: task(rabbit.base, admin, task_id)["progress"]["done"] > 0)
+    asked = time.monotonic()
+    httpx.post(f"{rabbit.base}/stop_task/{task_id}", headers=admin, timeout=30)
+    wait_until(lambda: task(rabbit.base, admin, task_id)["status"] == "STOPPED", 30)
+    print(f"running import STOPPED {time.monotonic() - asked:.2f}s after the request")
+    final = task(rabbit.base, admin, task_id)
+    assert 0 < final["counts"]["rolledBack"] == final["counts"]["inserted"] < 60_000
+    with engine.connect() as connection:
+        left = connection.execute(
+            text("SELECT count(*) FROM team WHERE task_id = :t"), {"t": task_id}
+        ).scalar_one()
+    engine.dispose()
+    assert left == 0
 
 
 def test_a_job_deaf_to_its_stop_is_terminated_by_its_worker(rabbit: Cluster) -> None:
