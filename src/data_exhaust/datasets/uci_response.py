@@ -16,8 +16,8 @@ the types that make the cells look right (see :mod:`data_exhaust.output`):
   conversation and the response of a device that withdrew consent;
 * ``Timestamp`` is ISO-8601 UTC with milliseconds, ``2022-06-21T14:45:56.892Z``.
 
-The conversation registry (a later issue) plugs in through :meth:`conversation_name` and
-:meth:`non_consenting_devices`; today they report "unregistered" and "everyone consents".
+The conversation registry plugs in through :meth:`conversation_name` (the name registered in
+the job's channel) and :meth:`non_consenting_devices` (devices whose consent is false).
 """
 
 from __future__ import annotations
