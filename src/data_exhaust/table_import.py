@@ -18,6 +18,7 @@ from datetime import datetime, tzinfo
 from functools import partial
 from typing import Any
 
+from psycopg import sql as pgsql
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.orm import Session
 
@@ -99,8 +100,26 @@ def _insert(
     result.accepted += len(batch)
     if not write:
         return
-    session.execute(insert(model), [{**row, "task_id": task_id} for _, row in batch])
+    rows = [{**row, "task_id": task_id} for _, row in batch]
+    if rows and session.get_bind().dialect.name == "postgresql":
+        _copy(session, model.__tablename__, rows)
+    elif rows:
+        session.execute(insert(model), rows)
     result.inserted += len(batch)
+
+
+def _copy(session: Session, table: str, rows: list[dict[str, Any]]) -> None:
+    """Postgres: stream the batch with ``COPY … FROM STDIN`` inside the batch's transaction
+    (several times faster than multi-row INSERTs; rollback by task id is unchanged)."""
+    columns = list(rows[0])
+    statement = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+        pgsql.Identifier(table), pgsql.SQL(", ").join(map(pgsql.Identifier, columns))
+    )
+    raw = session.connection().connection.driver_connection
+    assert raw is not None  # a checked-out connection always has its DBAPI connection
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[column] for column in columns])
 
 
 def _team(values: list[str]) -> dict[str, Any]:
