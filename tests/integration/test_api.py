@@ -261,6 +261,10 @@ def test_report_routes_use_the_seed_shapes(client: TestClient, key: str) -> None
     listed = client.get("/job/request/list/client-1?limit=10", headers=headers(key)).json()
     assert listed["id"] == "ekstep.analytics.job.request.list"
     assert listed["result"]["count"] == 1
+    body["request"]["jobConfig"] = {"rows": 3, "colour": "red"}
+    body["request"]["jobId"] = "uci-response-exhaust"
+    typo = error_of(client.post("/job/request/submit", json=body, headers=headers(key)))
+    assert "jobConfig" in typo[2] and "datasetConfig" not in typo[2]
     body["request"]["jobId"] = ""
     bad = client.post("/job/request/submit", json=body, headers=headers(key))
     assert error_of(bad) == (400, "CLIENT_ERROR", "jobId is empty")

@@ -130,8 +130,10 @@ def build_submission(
     secret_data = _pii_checks(request, dataset, caller, box)
     try:
         normalised = dataset.validate(config, submit)
-    except ConfigError as exc:
-        raise client_error(str(exc)) from None
+    except (
+        ConfigError
+    ) as exc:  # datasets speak of "datasetConfig"; the report API calls it jobConfig
+        raise client_error(str(exc).replace(DATASET_API.config, names.config)) from None
     requested_by = _optional_text(request, "requestedBy") or user_id or caller.name
     return Submission(
         dataset=dataset_id,
