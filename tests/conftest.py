@@ -67,6 +67,19 @@ def postgres_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A new, empty Postgres database (a state's own database in the client-sync tests)."""
+    admin = _pg_admin()
+    need("PostgreSQL", admin is not None)
+    assert admin is not None
+    name = f"exhaust_state_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield sa_url(name)
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'exhaust.db'}"
     migrate(url)

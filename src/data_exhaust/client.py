@@ -137,20 +137,53 @@ class ExhaustClient:
         sha256: str | None = None,
         on_chunk: Callable[[int], None] | None = None,
     ) -> Path:
-        """Stream ``url`` into ``dest`` (atomically), checking the sha256 when given."""
-        digest, tmp = hashlib.sha256(), dest.with_name(dest.name + ".part")
-        with httpx.stream("GET", url, timeout=self.http.timeout) as response:
-            if response.status_code != 200:
+        """Stream ``url`` into ``dest`` atomically (through ``dest.part``), checking the sha256.
+
+        With a ``sha256`` to check against, a ``.part`` left by an interrupted download is
+        resumed with ``Range``; a server that answers the whole file (200) or cannot serve the
+        range (416) is read again from the start. A mismatch deletes the partial file and
+        raises ClientError ``CHECKSUM_MISMATCH``.
+        """
+        tmp = dest.with_name(dest.name + ".part")
+        digest, offset = hashlib.sha256(), 0
+        if sha256 and tmp.exists():
+            offset = _hash_file(tmp, digest)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with httpx.stream("GET", url, headers=headers, timeout=self.http.timeout) as response:
+            if response.status_code == 416 and offset:  # the part is not a prefix: restart
+                tmp.unlink()
+                return self.download(url, dest, sha256=sha256, on_chunk=on_chunk)
+            if response.status_code not in (200, 206):
                 response.read()
                 raise ClientError("DOWNLOAD_FAILED", response.text[:200], response.status_code)
-            with tmp.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-                    digest.update(chunk)
-                    if on_chunk is not None:
-                        on_chunk(len(chunk))
+            if response.status_code == 200:  # the whole file, whatever was asked
+                digest = hashlib.sha256()
+            elif on_chunk is not None:
+                on_chunk(offset)
+            _append(response, tmp, digest, on_chunk)
         if sha256 and digest.hexdigest() != sha256:
             tmp.unlink()
             raise ClientError("CHECKSUM_MISMATCH", f"{dest.name}: sha256 differs", 200)
         tmp.replace(dest)
         return dest
+
+
+def _hash_file(path: Path, digest: Any) -> int:
+    """Feed ``path`` into ``digest``; its size."""
+    size = 0
+    with path.open("rb") as existing:
+        while chunk := existing.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def _append(
+    response: httpx.Response, tmp: Path, digest: Any, on_chunk: Callable[[int], None] | None
+) -> None:
+    with tmp.open("ab" if response.status_code == 206 else "wb") as out:
+        for chunk in response.iter_bytes():
+            out.write(chunk)
+            digest.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from data_exhaust import __version__
-from data_exhaust.cli import admin, audit, registry, remote
+from data_exhaust.cli import admin, audit, registry, remote, sync
 from data_exhaust.logs import configure
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ admin.register(app)
 audit.register(app)
 remote.register(app)
 registry.register(app)
+sync.register(app)
 
 
 def _version(value: bool) -> None:

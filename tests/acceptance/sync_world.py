@@ -1,0 +1,191 @@
+"""A small world for the client-sync tests: a running server, two states (one with a Postgres
+database, one with a SQLite file), their bots, devices and three weeks of telemetry.
+
+States: ``up`` (channel ``state-up``, Postgres) and ``br`` (channel ``state-br``, SQLite). Both
+have a bot called ``bot-shared`` (same conversation id, different tenants: neither may see the
+other's events); ``up`` also has ``bot-up-weekly``, whose private exhaust is synced too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.acceptance.conftest import Deployment
+from tests.factories import PHONES, assess_event
+
+FIRST_DAY = date(2026, 10, 5)  # a Monday; telemetry runs for three weeks from it
+DAYS = 21
+PASSWORD = "zip password of state up"
+TITLES = [
+    "Which subject, of all, do you like?",
+    'Did the teacher say "well done"?',
+    "Line one\nline two",
+    "आपका पसंदीदा विषय कौन सा है?",
+]
+
+
+@dataclass
+class Bot:
+    state: str
+    channel: str
+    bot_id: str
+    #: days (0-based from FIRST_DAY) without any event: their daily windows are NO_DATA
+    quiet_days: frozenset[int] = frozenset()
+    devices: tuple[str, ...] = ()
+
+
+BOTS = [
+    Bot("up", "state-up", "bot-shared", frozenset({2, 9}), ("up-dev-1", "up-dev-2", "up-dev-3")),
+    Bot("up", "state-up", "bot-up-weekly", frozenset(), ("up-dev-1", "up-dev-4")),
+    Bot("br", "state-br", "bot-shared", frozenset({6}), ("br-dev-1", "br-dev-2")),
+]
+#: registered devices of bot-up-weekly: (consent, phone); up-dev-4 only sends events
+REGISTERED = {"up-dev-1": (True, PHONES[0]), "up-dev-3": (False, PHONES[1])}
+SCHEDULES = [
+    ("up", "bot-shared", "0 0 * * *", "uci-response-exhaust"),
+    ("up", "bot-up-weekly", "0 0 * * MON", "uci-response-exhaust"),
+    ("up", "bot-up-weekly", "0 0 * * MON", "uci-private-exhaust"),
+    ("br", "bot-shared", "30 2 * * *", "uci-response-exhaust"),
+]
+
+
+def events_of(bot: Bot) -> Iterator[dict[str, Any]]:
+    """Three answers a day (one per device, in turn), at 09:00, 13:00 and 23:59:59.999 UTC."""
+    for day in range(DAYS):
+        if day in bot.quiet_days:
+            continue
+        midnight = datetime.combine(FIRST_DAY + timedelta(days=day), datetime.min.time(), UTC)
+        for n, offset in enumerate((9 * 3600_000, 13 * 3600_000, 86_400_000 - 1)):
+            device = bot.devices[(day + n) % len(bot.devices)]
+            title = TITLES[(day + n) % len(TITLES)]
+            yield assess_event(
+                conversation_id=bot.bot_id,
+                device_id=device,
+                mid=f"{bot.channel}-{bot.bot_id}-{day:02}-{n}",
+                ets=int(midnight.timestamp() * 1000) + offset,
+                **{"context.channel": bot.channel, "edata.item.title": title},
+            )
+
+
+@dataclass
+class World:
+    deployment: Deployment
+    base: str
+    keys: dict[str, str]
+    up_db: str
+    br_db: str
+    control_db: str
+    states_file: Path
+    sent: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    def sync(self, *args: str, check: bool = True) -> Any:
+        return self.deployment.run(
+            "sync",
+            *args,
+            "--states",
+            str(self.states_file),
+            "--control-db",
+            self.control_db,
+            "--server",
+            self.base,
+            check=check,
+        )
+
+    def schedule(self) -> None:
+        for state, bot, frequency, dataset in SCHEDULES:
+            self.deployment.run(
+                "sync", "schedule", "add", "--state", state, "--bot", bot,
+                "--frequency", frequency, "--dataset", dataset,
+                "--since", FIRST_DAY.isoformat(), "--control-db", self.control_db,
+            )  # fmt: skip
+
+
+def headers(key: str, channel: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "X-Channel-ID": channel}
+
+
+def envelope(request: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "api", "ver": "1.0", "params": {"msgid": "m"}, "request": request}
+
+
+def register(base: str, key: str) -> None:
+    auth = headers(key, "state-up")
+    body = envelope({"name": "Weekly quiz", "channel": "state-up"})
+    answer = httpx.put(f"{base}/v1/conversations/bot-up-weekly", json=body, headers=auth)
+    assert answer.status_code == 200, answer.text
+    for device, (consent, phone) in REGISTERED.items():
+        body = envelope({"conversations": ["bot-up-weekly"], "phone": phone, "consent": consent})
+        answer = httpx.put(f"{base}/v1/devices/{device}", json=body, headers=auth)
+        assert answer.status_code == 200, answer.text
+
+
+def ingest(base: str, keys: dict[str, str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    sent: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for n, bot in enumerate(BOTS):
+        events = list(events_of(bot))
+        sent[(bot.state, bot.bot_id)] = events
+        body = {"id": "api.sunbird.telemetry", "ver": "3.0", "params": {"msgid": f"b{n}"}}
+        answer = httpx.post(
+            f"{base}/v1/telemetry",
+            json={**body, "events": events},
+            headers=headers(keys[bot.state], bot.channel),
+            timeout=60,
+        )
+        assert answer.json()["result"] == {"accepted": len(events), "rejected": []}
+    return sent
+
+
+def write_states(path: Path, keys: dict[str, str], up_db: str, br_db: str) -> None:
+    """A Python states file, as in the seed; secrets come from the environment (env:…)."""
+    states = [
+        {
+            "state_id": "up",
+            "state_token": "env:SYNC_TEST_UP_TOKEN",
+            "db_credentials": {"uri": up_db},
+            "channel": "state-up",
+            "encryption_key": "env:SYNC_TEST_UP_ZIP",
+        },
+        {
+            "state_id": "br",
+            "state_token": "env:SYNC_TEST_BR_TOKEN",
+            "db_credentials": {"uri": br_db},
+            "channel": "state-br",
+        },
+    ]
+    path.write_text(f"STATES = {json.dumps(states, indent=4)}\n", encoding="utf-8")
+
+
+def make_world(deployment: Deployment, tmp_path: Path, up_db: str) -> World:
+    base = deployment.serve()
+    keys = {
+        "up": deployment.create_key("state-up", "exhaust,pii,ingest"),
+        "br": deployment.create_key("state-br", "exhaust,ingest"),
+    }
+    deployment.extra_env.update(
+        {
+            "SYNC_TEST_UP_TOKEN": keys["up"],
+            "SYNC_TEST_BR_TOKEN": keys["br"],
+            "SYNC_TEST_UP_ZIP": PASSWORD,
+        }
+    )
+    register(base, keys["up"])
+    world = World(
+        deployment,
+        base,
+        keys,
+        up_db=up_db,
+        br_db=f"sqlite:///{tmp_path / 'state-br.db'}",
+        control_db=f"sqlite:///{tmp_path / 'control.db'}",
+        states_file=tmp_path / "exhaust_config.py",
+    )
+    write_states(world.states_file, keys, world.up_db, world.br_db)
+    world.sent = ingest(base, keys)
+    world.schedule()
+    return world
