@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ class Bot:
     #: days (0-based from FIRST_DAY) without any event: their daily windows are NO_DATA
     quiet_days: frozenset[int] = frozenset()
     devices: tuple[str, ...] = ()
+    per_day: int = 3  # answers a day
+    days: int = DAYS
 
 
 BOTS = [
@@ -56,19 +58,25 @@ SCHEDULES = [
 ]
 
 
+def offsets(per_day: int) -> list[int]:
+    """Times of day (ms): 09:00, 13:00 and the day's last millisecond, then every 5 s."""
+    first = [9 * 3600_000, 13 * 3600_000, 86_400_000 - 1]
+    return (first + [n * 5000 for n in range(max(0, per_day - 3))])[:per_day]
+
+
 def events_of(bot: Bot) -> Iterator[dict[str, Any]]:
-    """Three answers a day (one per device, in turn), at 09:00, 13:00 and 23:59:59.999 UTC."""
-    for day in range(DAYS):
+    """``per_day`` answers a day, the devices in turn, on every day but the quiet ones."""
+    for day in range(bot.days):
         if day in bot.quiet_days:
             continue
         midnight = datetime.combine(FIRST_DAY + timedelta(days=day), datetime.min.time(), UTC)
-        for n, offset in enumerate((9 * 3600_000, 13 * 3600_000, 86_400_000 - 1)):
+        for n, offset in enumerate(offsets(bot.per_day)):
             device = bot.devices[(day + n) % len(bot.devices)]
             title = TITLES[(day + n) % len(TITLES)]
             yield assess_event(
                 conversation_id=bot.bot_id,
                 device_id=device,
-                mid=f"{bot.channel}-{bot.bot_id}-{day:02}-{n}",
+                mid=f"{bot.channel}-{bot.bot_id}-{day:02}-{n:05}",
                 ets=int(midnight.timestamp() * 1000) + offset,
                 **{"context.channel": bot.channel, "edata.item.title": title},
             )
@@ -126,23 +134,27 @@ def register(base: str, key: str) -> None:
         assert answer.status_code == 200, answer.text
 
 
-def ingest(base: str, keys: dict[str, str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def ingest(
+    base: str, keys: dict[str, str], bots: list[Bot]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     sent: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for n, bot in enumerate(BOTS):
+    for n, bot in enumerate(bots):
         events = list(events_of(bot))
         sent[(bot.state, bot.bot_id)] = events
-        body = {"id": "api.sunbird.telemetry", "ver": "3.0", "params": {"msgid": f"b{n}"}}
-        answer = httpx.post(
-            f"{base}/v1/telemetry",
-            json={**body, "events": events},
-            headers=headers(keys[bot.state], bot.channel),
-            timeout=60,
-        )
-        assert answer.json()["result"] == {"accepted": len(events), "rejected": []}
+        for start in range(0, len(events), 1000):
+            body = {"id": "api", "ver": "3.0", "params": {"msgid": f"b{n}-{start}"}}
+            answer = httpx.post(
+                f"{base}/v1/telemetry",
+                json={**body, "events": events[start : start + 1000]},
+                headers=headers(keys[bot.state], bot.channel),
+                timeout=60,
+            )
+            accepted = len(events[start : start + 1000])
+            assert answer.json()["result"] == {"accepted": accepted, "rejected": []}
     return sent
 
 
-def write_states(path: Path, keys: dict[str, str], up_db: str, br_db: str) -> None:
+def write_states(path: Path, up_db: str, br_db: str) -> None:
     """A Python states file, as in the seed; secrets come from the environment (env:…)."""
     states = [
         {
@@ -162,7 +174,8 @@ def write_states(path: Path, keys: dict[str, str], up_db: str, br_db: str) -> No
     path.write_text(f"STATES = {json.dumps(states, indent=4)}\n", encoding="utf-8")
 
 
-def make_world(deployment: Deployment, tmp_path: Path, up_db: str) -> World:
+def start_server(deployment: Deployment, extra_bots: tuple[Bot, ...] = ()) -> World:
+    """The server side: a running server, the two states' keys, the registry, the telemetry."""
     base = deployment.serve()
     keys = {
         "up": deployment.create_key("state-up", "exhaust,pii,ingest"),
@@ -176,16 +189,25 @@ def make_world(deployment: Deployment, tmp_path: Path, up_db: str) -> World:
         }
     )
     register(base, keys["up"])
-    world = World(
-        deployment,
-        base,
-        keys,
+    world = World(deployment, base, keys, "", "", "", Path())
+    world.sent = ingest(base, keys, [*BOTS, *extra_bots])
+    return world
+
+
+def with_client(server: World, tmp_path: Path, up_db: str) -> World:
+    """The client side on ``server``: a states file, the two state databases, a control DB."""
+    world = replace(
+        server,
         up_db=up_db,
         br_db=f"sqlite:///{tmp_path / 'state-br.db'}",
         control_db=f"sqlite:///{tmp_path / 'control.db'}",
         states_file=tmp_path / "exhaust_config.py",
     )
-    write_states(world.states_file, keys, world.up_db, world.br_db)
-    world.sent = ingest(base, keys)
+    write_states(world.states_file, world.up_db, world.br_db)
+    return world
+
+
+def make_world(deployment: Deployment, tmp_path: Path, up_db: str) -> World:
+    world = with_client(start_server(deployment), tmp_path, up_db)
     world.schedule()
     return world

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+import psycopg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects import sqlite
@@ -165,8 +166,9 @@ def load(
         if engine.dialect.name == "postgresql":
             return Loaded(*copy_load.load_postgres(engine, stream, target, chunk_bytes))
         return _load_rows(engine, stream, target, batch_rows)
-    except sa.exc.DBAPIError as exc:
-        first = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+    except (sa.exc.DBAPIError, psycopg.Error) as exc:
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig else exc
+        first = (str(cause).splitlines() or [type(cause).__name__])[0]
         raise LoadError(f"{target.table.name}: {first}") from None
 
 
