@@ -82,6 +82,11 @@ def _raw_entries(path: Path) -> list[Any]:
     return entries
 
 
+def state_ids(path: Path) -> list[str]:
+    """The state ids of ``path``, without resolving any secret (to name things by state)."""
+    return [str(e.get("state_id")) for e in _raw_entries(path) if isinstance(e, dict)]
+
+
 def load_states(path: Path) -> dict[str, State]:
     """The states of ``path`` by state_id, secrets resolved; StatesFileError if anything is off."""
     states: dict[str, State] = {}
