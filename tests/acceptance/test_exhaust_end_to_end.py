@@ -8,13 +8,17 @@ import csv
 import hashlib
 import io
 import json
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import httpx
+import pytest
 
+from data_exhaust.client import ClientError, ExhaustClient
 from tests.acceptance.conftest import Deployment, wait_until
 from tests.factories import assess_event
 
@@ -173,6 +177,7 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
         CHANNEL,
     )
     assert (cli_dir / f"{BOT}_response_{today}.csv").read_bytes() == body
+    resume_an_interrupted_download(base, key, url, body)
 
     parts = urlparse(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -180,6 +185,26 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
     assert httpx.get(tampered).json()["params"]["errmsg"] == "invalid signature"
     expired = f"{base}{parts.path}?{urlencode({**query, 'expires': 1})}"
     assert httpx.get(expired).status_code == 403
+
+
+def resume_an_interrupted_download(base: str, key: str, url: str, body: bytes) -> None:
+    """The client resumes a ``.part`` with ``Range``; a part that is not the file's prefix
+    fails the sha256 check and is dropped, so the next try starts afresh."""
+    sha = hashlib.sha256(body).hexdigest()
+    dest = Path(tempfile.mkdtemp()) / "exhaust.csv"
+    part = dest.with_name("exhaust.csv.part")
+    with ExhaustClient(base, key, CHANNEL) as client:
+        part.write_bytes(body[:100])
+        client.download(url, dest, sha256=sha)
+        assert dest.read_bytes() == body and not part.exists()
+        part.write_bytes(b"x" * 100)  # kept and continued: the result cannot match
+        with pytest.raises(ClientError, match="CHECKSUM_MISMATCH"):
+            client.download(url, dest, sha256=sha)
+        assert not part.exists()
+        part.write_bytes(body + b"more")  # longer than the file: 416, then from the start
+        client.download(url, dest, sha256=sha)
+        assert dest.read_bytes() == body
+    shutil.rmtree(dest.parent)
 
 
 def test_no_matching_event_fails_with_no_data_found(deployment: Deployment) -> None:

@@ -6,6 +6,9 @@ no duplicate row, nothing lost.
    answering it.
 2. Killed half-way through loading a file into the state's database (Postgres and SQLite): the
    test reads the client's debug log and kills it at the first chunk loaded.
+
+And the long-running process itself: ``exhaust sync daemon`` runs both steps on their crons and
+stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pytest
 import sqlalchemy as sa
 
 from data_exhaust.sync.control import ControlDB, Schedule
-from tests.acceptance.conftest import EXHAUST, Deployment
+from tests.acceptance.conftest import EXHAUST, Deployment, wait_until
 from tests.acceptance.sync_world import (
     BOTS,
     FIRST_DAY,
@@ -110,15 +113,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         pass
 
 
-def sync_process(world: World, server_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+def sync_process(
+    world: World, server_url: str, *args: str, output: Any = subprocess.PIPE, **env: str
+) -> subprocess.Popen[str]:
     command = [EXHAUST, "sync", *args, "--states", str(world.states_file)]
     command += ["--control-db", world.control_db, "--server", server_url]
     return subprocess.Popen(
-        command,
-        env={**world.deployment.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        command, env={**world.deployment.env, **env}, stdout=output, stderr=output, text=True
     )
 
 
@@ -202,3 +203,27 @@ def test_killed_half_way_through_a_load(world: World, state: str) -> None:
     mids = Counter(r["message_id"] for r in rows(url, "exhaust_report_response"))
     sent = [e["mid"] for e in world.sent[(state, "bot-big")] if e["mid"].split("-")[-2] == "01"]
     assert len(sent) == 6000 and mids == Counter(sent)
+
+
+def test_daemon_runs_both_steps_on_their_crons_and_stops_on_sigterm(
+    world: World, tmp_path: Path
+) -> None:
+    control = ControlDB(world.control_db)
+    weekly = ("up", "bot-up-weekly", "uci-response-exhaust", "0 0 * * MON", FIRST_DAY)
+    control.add_schedule(Schedule(*weekly))
+    every = ["--request-cron", "* * * * * */2", "--handle-cron", "* * * * * */3"]  # seconds
+    with (tmp_path / "daemon.log").open("w") as log:
+        process = sync_process(world, world.base, "daemon", *every, output=log)
+
+        def all_done() -> bool:
+            windows = control.requests()
+            return len(windows) >= 3 and all(w.status in ("LOADED", "NO_DATA") for w in windows)
+
+        wait_until(all_done, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0
+    assert "sync.daemon.stopped" in (tmp_path / "daemon.log").read_text()
+    loaded = Counter(r["message_id"] for r in rows(world.up_db, "exhaust_report_response"))
+    assert loaded == Counter(e["mid"] for e in world.sent[("up", "bot-up-weekly")])
+    control.close()
