@@ -119,7 +119,12 @@ def sync_process(
     command = [EXHAUST, "sync", *args, "--states", str(world.states_file)]
     command += ["--control-db", world.control_db, "--server", server_url]
     return subprocess.Popen(
-        command, env={**world.deployment.env, **env}, stdout=output, stderr=output, text=True
+        command,
+        env={**world.deployment.env, **env},
+        cwd=world.states_file.parent,  # downloads in progress go under ./.exhaust-sync
+        stdout=output,
+        stderr=output,
+        text=True,
     )
 
 

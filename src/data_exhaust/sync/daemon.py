@@ -20,17 +20,12 @@ from data_exhaust.sync.report import Summary
 from data_exhaust.sync.settings import SyncSettings
 from data_exhaust.sync.states import load_states
 from data_exhaust.sync.steps import Sync
-from data_exhaust.sync.windows import BadSchedule
+from data_exhaust.sync.windows import check_cron
 
 log = structlog.get_logger(__name__)
 
 
-def check_cron(expression: str) -> str:
-    if len(expression.split()) not in (5, 6) or not croniter.is_valid(expression):
-        raise BadSchedule(
-            f"{expression!r} is not a crontab expression (5 fields, or 6 with seconds)"
-        )
-    return expression
+__all__ = ["check_cron", "run_step", "serve"]
 
 
 def run_step(sync: Sync, step: str, wait: float = 0.0) -> Summary:

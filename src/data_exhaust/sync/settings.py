@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from data_exhaust.sync.windows import check_frequency
+from data_exhaust.sync.windows import check_cron
 
 
 class SyncSettings(BaseSettings):
@@ -56,7 +56,7 @@ class SyncSettings(BaseSettings):
     @field_validator("sync_request_cron", "sync_handle_cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        return check_frequency(value)
+        return check_cron(value)
 
     @cached_property
     def tz(self) -> ZoneInfo:

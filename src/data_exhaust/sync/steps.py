@@ -223,7 +223,8 @@ class Sync:
                 self.observer.transferred,
             )
         except (ClientError, httpx.TransportError, loader.LoadError, sa.exc.SQLAlchemyError) as exc:
-            self._error(row, _describe(exc), attempt=True)
+            unreachable = isinstance(exc, httpx.TransportError)  # nobody's fault: no try used
+            self._error(row, _describe(exc), attempt=not unreachable)
             return
         self.control.record_loaded(row, done.sha256, done.rows)
         tally = self.summary[row.key]

@@ -46,6 +46,15 @@ def check_frequency(frequency: str) -> str:
     return frequency
 
 
+def check_cron(expression: str) -> str:
+    """A cron of 5 fields, or 6 with seconds last (for the daemon's own steps)."""
+    if len(expression.split()) not in (5, 6) or not croniter.is_valid(expression):
+        raise BadSchedule(
+            f"{expression!r} is not a crontab expression (5 fields, or 6 with seconds last)"
+        )
+    return expression
+
+
 def next_fire_date(frequency: str, on_or_after: date, tz: ZoneInfo) -> date:
     """The first date, ``on_or_after`` or later, on which ``frequency`` fires."""
     start = datetime.combine(on_or_after, time(), tz) - timedelta(microseconds=1)
