@@ -54,12 +54,14 @@ class Deployment:
         env.update(self.extra_env)
         return env
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run an ``exhaust`` command; its output is also kept in cli.log (the PII guard
-        scans it)."""
+    def run(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an ``exhaust`` command (``env`` added to the deployment's); its output is also
+        kept in cli.log (the PII guard scans it)."""
         result = subprocess.run(
             [EXHAUST, *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.data_dir.parent,
             capture_output=True,
             text=True,

@@ -91,6 +91,7 @@ class World:
     br_db: str
     control_db: str
     states_file: Path
+    work_dir: Path = Path()
     sent: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
     def sync(self, *args: str, check: bool = True) -> Any:
@@ -104,6 +105,7 @@ class World:
             "--server",
             self.base,
             check=check,
+            env={"EXHAUST_SYNC_WORK_DIR": str(self.work_dir)},
         )
 
     def schedule(self) -> None:
@@ -202,6 +204,7 @@ def with_client(server: World, tmp_path: Path, up_db: str) -> World:
         br_db=f"sqlite:///{tmp_path / 'state-br.db'}",
         control_db=f"sqlite:///{tmp_path / 'control.db'}",
         states_file=tmp_path / "exhaust_config.py",
+        work_dir=tmp_path / "downloads",
     )
     write_states(world.states_file, world.up_db, world.br_db)
     return world

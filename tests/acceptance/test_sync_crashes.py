@@ -120,8 +120,8 @@ def sync_process(
     command += ["--control-db", world.control_db, "--server", server_url]
     return subprocess.Popen(
         command,
-        env={**world.deployment.env, **env},
-        cwd=world.states_file.parent,  # downloads in progress go under ./.exhaust-sync
+        env={**world.deployment.env, "EXHAUST_SYNC_WORK_DIR": str(world.work_dir), **env},
+        cwd=world.states_file.parent,
         stdout=output,
         stderr=output,
         text=True,
@@ -201,9 +201,11 @@ def test_killed_half_way_through_a_load(world: World, state: str) -> None:
     url = world.up_db if state == "up" else world.br_db
     assert control.get(window.id).status != "LOADED"
     assert rows(url, "exhaust_report_response") == []  # nothing half-loaded
+    assert list(world.work_dir.glob("*/*.csv"))  # the download, left for the re-run
 
     world.sync("handle", "--wait", "120")
     assert control.get(window.id).status == "LOADED"
+    assert not any(world.work_dir.iterdir())  # loaded: its download is removed
     control.close()
     mids = Counter(r["message_id"] for r in rows(url, "exhaust_report_response"))
     sent = [e["mid"] for e in world.sent[(state, "bot-big")] if e["mid"].split("-")[-2] == "01"]
