@@ -234,3 +234,30 @@ def test_daemon_runs_both_steps_on_their_crons_and_stops_on_sigterm(
     loaded = Counter(r["message_id"] for r in rows(world.up_db, "exhaust_report_response"))
     assert loaded == Counter(e["mid"] for e in world.sent[("up", "bot-up-weekly")])
     control.close()
+
+
+def test_files_purged_by_the_server_are_asked_for_again(world: World) -> None:
+    control = ControlDB(world.control_db)
+    daily = ("br", "bot-shared", "uci-response-exhaust", "0 0 * * *", FIRST_DAY)
+    control.add_schedule(Schedule(*daily))
+    world.sync("request", "--today", "2026-10-07")  # Oct 5 and 6
+    windows = control.requests()
+    for w in windows:
+        wait_until(lambda w=w: tags_on_server(world, "br", w.tag)[0]["status"] == "SUCCESS")
+    purged = windows[0].request_id
+    server_db = sa.create_engine(world.deployment.database_url)
+    with server_db.begin() as conn:  # what the server's retention purge does to a job
+        conn.execute(
+            sa.text("UPDATE job_request SET files_purged = true WHERE request_id = :r"),
+            {"r": purged},
+        )
+    server_db.dispose()
+
+    world.sync("handle", "--wait", "120")
+    assert [(w.status, w.attempts) for w in control.requests()] == [("LOADED", 2), ("LOADED", 1)]
+    control.close()
+    mids = Counter(r["message_id"] for r in rows(world.br_db, "exhaust_report_response"))
+    days = ("00", "01")
+    assert mids == Counter(
+        e["mid"] for e in world.sent[("br", "bot-shared")] if e["mid"].split("-")[-2] in days
+    )

@@ -186,7 +186,9 @@ class Sync:
             self.control.record_status(row, status)
             return
         self.observer.advance("handle")
-        if status == "SUCCESS":
+        if status == "SUCCESS" and not job.get("downloadUrls"):  # past the server's retention
+            self._resubmit(row, "the server no longer has the files")
+        elif status == "SUCCESS":
             self._load(row, job)
         elif NO_DATA in (job.get("statusMessage") or ""):
             self.control.record_no_data(row, job["statusMessage"])
