@@ -17,18 +17,29 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD = "0003"
 
 
+#: Connections an engine keeps open, and how many more it opens in a burst. The API runs its
+#: database calls in up to 40 threads (AnyIO's default): with SQLAlchemy's default 5 + 10, every
+#: call beyond the fifteenth waited and those beyond the fifth opened and closed a connection
+#: (on Postgres a new server process each time).
+POOL_SIZE = {"pool_size": 20, "max_overflow": 20}
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine with the settings this service relies on (WAL and busy timeout on SQLite)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        in_memory = not parsed.database or parsed.database == ":memory:"
+        if not in_memory:
+            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            # an in-memory database keeps the pool SQLAlchemy gives it (one connection)
+            **{**({} if in_memory else POOL_SIZE), **kwargs},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, **{**POOL_SIZE, **kwargs})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -139,7 +139,7 @@ class Lake:
         """Append flattened rows to this writer's segment: one write, one fsync, then return."""
         if not rows:
             return
-        data = b"\n".join([orjson.dumps(row) for row in rows]) + b"\n"
+        data = b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows])
         with self._lock:
             segment = self._current()
             os.write(segment.fd, data)  # O_APPEND: one call, whole lines, at the end

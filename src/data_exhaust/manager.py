@@ -102,7 +102,7 @@ class JobManager:
         return self.store.get(request_id)
 
     def list_tag(self, tag: str, limit: int) -> list[Job]:
-        return self.store.search(JobFilter(tags=[tag]), limit)[1]
+        return self.store.page(JobFilter(tags=[tag]), limit)
 
     def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
         return self.store.search(where, limit, offset)

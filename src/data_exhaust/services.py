@@ -130,7 +130,7 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         blobs=blobs,
         lake=lake,
-        keys=KeyStore(engine),
+        keys=KeyStore(engine, settings.key_cache_seconds),
         ingestor=Ingestor(lake, engine),
         registry=Registry(engine, settings.secret_box),
         audit=AuditLog(engine),

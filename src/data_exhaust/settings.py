@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     workers: int = Field(2, ge=0, le=64, description="Concurrent jobs per process (0: API only).")
     run_schedule: str = Field("on-demand", description="'on-demand' or a cron expression.")
     url_ttl_seconds: int = Field(1800, ge=1, description="Lifetime of a signed download URL.")
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a verified API key is trusted without a database lookup (0: "
+        "never); a key revoked by another process keeps working for up to this long.",
+    )
     retention_days: int = Field(7, ge=1, description="How long result files are kept.")
     max_attempts: int = Field(3, ge=1, description="Executions before a job stays FAILED.")
     retry_backoff_seconds: float = Field(10.0, ge=0, description="First retry delay; doubles.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,9 @@ COLUMNS = {
     "execution_ms": "execution_time",
     "message": "err_message",
 }
+JOBS = JobRequest.__table__
+#: (Job field, job_request column) pairs, computed once: ``_to_job`` runs for every job read.
+JOB_COLUMNS = tuple((f.name, COLUMNS.get(f.name, f.name)) for f in fields(Job))
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class JobStore(ABC):
     @abstractmethod
     def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
         """Total number of matches and one page of them, newest submission first."""
+
+    def page(self, where: JobFilter, limit: int, offset: int = 0) -> list[Job]:
+        """One page of :meth:`search` without the total (which may cost a query of its own)."""
+        return self.search(where, limit, offset)[1]
 
     @abstractmethod
     def update(
@@ -121,23 +128,32 @@ class SqlJobStore(JobStore):
             return False
         return True
 
+    # Reads go through Core rows, not ORM objects: the API reads a job on every poll, and an
+    # ORM session (identity map, snapshots, instance loading) costs more than the query.
     def get(self, request_id: str) -> Job | None:
-        with Session(self.engine) as session:
-            row = session.scalar(select(JobRequest).where(JobRequest.request_id == request_id))
+        with self.engine.connect() as connection:
+            row = connection.execute(select(JOBS).where(JOBS.c.request_id == request_id)).first()
             return _to_job(row) if row else None
 
     def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
         conditions = _sql_conditions(where)
-        with Session(self.engine) as session:
-            total = session.scalar(select(func.count()).select_from(JobRequest).where(*conditions))
-            rows = session.scalars(
-                select(JobRequest)
-                .where(*conditions)
-                .order_by(JobRequest.dt_job_submitted.desc(), JobRequest.request_id)
-                .limit(limit)
-                .offset(offset)
-            )
-            return int(total or 0), [_to_job(row) for row in rows]
+        with self.engine.connect() as connection:
+            total = connection.scalar(select(func.count()).select_from(JOBS).where(*conditions))
+            return int(total or 0), self._page(connection, where, limit, offset)
+
+    def page(self, where: JobFilter, limit: int, offset: int = 0) -> list[Job]:
+        with self.engine.connect() as connection:
+            return self._page(connection, where, limit, offset)
+
+    def _page(self, connection: Connection, where: JobFilter, limit: int, offset: int) -> list[Job]:
+        rows = connection.execute(
+            select(JOBS)
+            .where(*_sql_conditions(where))
+            .order_by(JOBS.c.dt_job_submitted.desc(), JOBS.c.request_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_to_job(row) for row in rows]
 
     def update(
         self,
@@ -261,10 +277,9 @@ def _to_row(job: Job) -> dict[str, Any]:
     return _to_columns({f.name: getattr(job, f.name) for f in fields(job)})
 
 
-def _to_job(row: JobRequest) -> Job:
-    values: dict[str, Any] = {}
-    for f in fields(Job):
-        values[f.name] = getattr(row, COLUMNS.get(f.name, f.name))
+def _to_job(row: JobRequest | Row[Any]) -> Job:
+    """The job of an ORM row or of a Core row of ``job_request`` (same attribute names)."""
+    values: dict[str, Any] = {name: getattr(row, column) for name, column in JOB_COLUMNS}
     values["status"] = Status(row.status)
     values["files"] = [OutputFile(**f) for f in row.files or []]
     values["progress"] = dict(row.progress or {})

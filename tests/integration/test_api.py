@@ -278,6 +278,9 @@ def test_operations_routes(client: TestClient, key: str, services: Services) -> 
     admin = services.keys.create("ops", [], ["admin"])[1]
     metrics = client.get("/metrics", headers=headers(admin))
     assert metrics.status_code == 200 and 'exhaust_jobs{status="SUBMITTED"}' in metrics.text
+    # answers are counted by route template and status (the /metrics 403 above, the 200s here)
+    assert 'exhaust_http_requests_total{route="/metrics",status="403"} 1.0' in metrics.text
+    assert 'exhaust_http_request_seconds_count{route="/health"} 1.0' in metrics.text
     assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
     missing = client.get("/no/such/route", headers=headers(key))
     assert error_of(missing)[:2] == (404, "RESOURCE_NOT_FOUND")
@@ -329,6 +332,10 @@ def test_telemetry_route_refuses_bad_requests(
         "CLIENT_ERROR",
     )
     assert error_of(client.post("/v1/telemetry", json={"id": "x"}, headers=auth))[0] == 400
+    no_list = {"params": {"msgid": "b-9"}, "events": "x"}  # parsed in the thread pool: the
+    refused = client.post("/v1/telemetry", json=no_list, headers=auth)  # msgid still echoed
+    assert error_of(refused)[:2] == (400, "CLIENT_ERROR")
+    assert refused.json()["params"]["msgid"] == "b-9"
     too_big = b'{"events": ["' + b"x" * (5 * 1024 * 1024) + b'"]}'
     assert error_of(client.post("/v1/telemetry", content=too_big, headers=auth))[:2] == (
         413,

@@ -70,6 +70,8 @@ def test_search_filters_pages_and_orders_newest_first(store: JobStore) -> None:
     assert total == 3
     assert [j.request_id for j in page] == ["J4", "J2"]
     assert [j.request_id for j in store.search(JobFilter(channels=["c1"]), 2, 2)[1]] == ["J0"]
+    assert [j.request_id for j in store.page(JobFilter(channels=["c1"]), 2)] == ["J4", "J2"]
+    assert [j.request_id for j in store.page(JobFilter(channels=["c1"]), 2, 2)] == ["J0"]
     assert store.search(JobFilter(tags=["t:c2"]), 10)[0] == 2
     window = JobFilter(
         submitted_from=T0 + timedelta(minutes=1), submitted_before=T0 + timedelta(minutes=3)

@@ -63,6 +63,7 @@ def test_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
         ("run_schedule", "every night", "cron expression"),
         ("timezone", "Mars/Olympus", "unknown time zone"),
         ("workers", -1, "greater than or equal to 0"),
+        ("key_cache_seconds", -1, "greater than or equal to 0"),
     ],
 )
 def test_bad_settings_say_how_to_fix_them(field: str, value: object, message: str) -> None:
@@ -75,6 +76,7 @@ def test_embedded_defaults_live_in_the_data_dir(tmp_path: Path) -> None:
     assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'exhaust.db'}"
     assert settings.resolved_storage_url == (tmp_path / "blobs").as_uri()
     assert settings.url_ttl_seconds == 1800 and settings.retention_days == 7
+    assert settings.key_cache_seconds == 5.0
 
 
 def test_failure_messages_shown_to_clients_keep_only_the_first_line() -> None:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from data_exhaust.api.errors import ApiError
 from data_exhaust.keys import Caller
@@ -25,7 +26,7 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     services: ServicesDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
@@ -35,12 +36,21 @@ def authenticate(
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError("UNAUTHORIZED", "Authorization header must be 'Bearer <API key>'")
-    caller = services.keys.authenticate(token.strip())
+    caller = await verify_key(services, token.strip())
     if caller is None:
         raise ApiError(
             "UNAUTHORIZED", "unknown or revoked API key; create one with `exhaust keys create`"
         )
     request.state.caller = caller  # download links name the key they were issued to
+    return caller
+
+
+async def verify_key(services: Services, token: str) -> Caller | None:
+    """The caller behind ``token``: from the key cache in the event loop, else looked up in the
+    database in the thread pool (async: a cache hit costs no thread hop and no query)."""
+    caller = services.keys.cached(token)
+    if caller is None:
+        caller = await run_in_threadpool(services.keys.authenticate, token)
     return caller
 
 
