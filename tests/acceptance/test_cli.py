@@ -34,6 +34,7 @@ def test_help_teaches_every_command(deployment: Deployment) -> None:
         "list",
         "stop",
         "download",
+        "sync",
     ):
         assert command in top
     assert "--scope" in deployment.run("keys", "create", "--help").stdout
@@ -108,3 +109,15 @@ def test_scheduled_jobs_wait_for_replay(deployment: Deployment) -> None:
     )
     read = f"{base}/dataset/v1/request/read/nightly?requestId={job['requestId']}"
     wait_until(lambda: httpx.get(read, headers=auth).json()["result"]["status"] == "SUCCESS")
+
+
+def test_a_server_that_is_not_there_gets_a_message_not_a_traceback(
+    deployment: Deployment,
+) -> None:
+    answer = deployment.run(
+        "list", "nightly", "--server", "http://127.0.0.1:9", "--key", "k", "--channel", "c",
+        check=False,
+    )  # fmt: skip
+    assert answer.returncode == 1
+    assert "cannot reach the server at http://127.0.0.1:9" in answer.stderr
+    assert "EXHAUST_SERVER_URL" in answer.stderr and "Traceback" not in answer.stderr

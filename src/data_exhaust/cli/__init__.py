@@ -1,4 +1,9 @@
-"""The ``exhaust`` command line: run the service, administer it, and talk to it as a client."""
+"""The ``exhaust`` command line: run the service, administer it, and talk to it as a client.
+
+Every command starts a new process, so the modules here import only typer, rich and
+:mod:`data_exhaust.constants` at module level; each command imports what it needs (the
+database, the services, the sync engine, httpx) when it runs. ``exhaust --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import typer
 
 from data_exhaust import __version__
 from data_exhaust.cli import admin, audit, registry, remote, sync
-from data_exhaust.logs import configure
 
 app = typer.Typer(
     name="exhaust",
@@ -36,6 +40,8 @@ def _main(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
+    from data_exhaust.logs import configure  # structlog: not needed for --help
+
     configure(log_level.upper())
 
 

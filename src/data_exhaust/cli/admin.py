@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from data_exhaust.cli.tables import print_table
-from data_exhaust.db import migrate
-from data_exhaust.demo import DEMO_CHANNEL, demo_events
-from data_exhaust.ingest import ingest_file
-from data_exhaust.keys import SCOPES, KeyError_
-from data_exhaust.services import Services, build_services
-from data_exhaust.settings import Settings
+from data_exhaust.constants import SCOPES
+from data_exhaust.heap import freeze_heap
+
+if TYPE_CHECKING:
+    from data_exhaust.services import Services
 
 console = Console(stderr=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -22,6 +21,10 @@ lake_app = typer.Typer(help="Look after the telemetry lake.", no_args_is_help=Tr
 
 
 def services() -> Services:
+    from data_exhaust.db import migrate
+    from data_exhaust.services import build_services
+    from data_exhaust.settings import Settings
+
     settings = Settings()
     migrate(settings.resolved_database_url)
     return build_services(settings)
@@ -44,10 +47,14 @@ def serve(
     svc = services()
     if first_run:
         _first_run(svc, host, port)
-    uvicorn.run(create_app(svc), host=host, port=port, log_level="warning")
+    app = create_app(svc)
+    freeze_heap()
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def _first_run(svc: Services, host: str, port: int) -> None:
+    from data_exhaust.demo import DEMO_CHANNEL, demo_events
+
     stats = svc.lake.stats()
     if stats["raw_segments"] == 0 and stats["parquet_files"] == 0:
         result = svc.ingestor.ingest({"events": list(demo_events())})
@@ -94,6 +101,9 @@ def worker(
 
 def migrate_cmd() -> None:
     """Create or upgrade the database schema (idempotent)."""
+    from data_exhaust.db import migrate
+    from data_exhaust.settings import Settings
+
     settings = Settings()
     migrate(settings.resolved_database_url)
     console.print("database is up to date")
@@ -105,6 +115,8 @@ def keys_create(
     name: str = typer.Option("api-client", help="Who the key is for (shown in lists, logs)."),
 ) -> None:
     """Create a key. The key is printed once, on the last line; only its hash is stored."""
+    from data_exhaust.keys import KeyError_
+
     scopes = [s.strip() for s in scope.split(",") if s.strip()]
     try:
         info, plain = services().keys.create(name, channel, scopes)
@@ -131,7 +143,10 @@ def keys_list() -> None:
 
 
 def keys_revoke(key_id: str = typer.Argument(help="The id shown by `exhaust keys list`.")) -> None:
-    """Revoke a key: it stops working at once."""
+    """Revoke a key. A running server that verified it in the last EXHAUST_KEY_CACHE_SECONDS
+    (default 5 s) still accepts it until that time is up; after that it is refused everywhere."""
+    from data_exhaust.keys import KeyError_
+
     try:
         services().keys.revoke(key_id)
     except KeyError_ as exc:
@@ -143,7 +158,12 @@ def ingest(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines."),
 ) -> None:
     """Bulk-load telemetry events from a JSON-lines file (one event, or one batch, a line)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from data_exhaust.ingest import ingest_file
+
     svc = services()
+    freeze_heap()
     columns = (
         TextColumn("ingest"),
         BarColumn(),
@@ -181,6 +201,8 @@ def replay(dataset: str = typer.Option(None, help="Only jobs of this dataset."))
 
 def demo() -> None:
     """Write realistic demo telemetry (3 bots, 40 devices, 7 days) into the lake."""
+    from data_exhaust.demo import DEMO_CHANNEL, demo_events
+
     result = services().ingestor.ingest({"events": list(demo_events())})
     console.print(f"ingested {result.accepted} demo events for channel {DEMO_CHANNEL}")
 

@@ -11,25 +11,19 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from data_exhaust.cli.tables import print_table
-from data_exhaust.db import make_engine, migrate
-from data_exhaust.registry import ConversationInfo, Registry, RegistryError, check_id, parse_day
-from data_exhaust.registry import normalise_phone as _normalise
-from data_exhaust.registry_import import (
-    ImportFailed,
-    ImportFormatError,
-    ImportResult,
-    import_csv,
-    rollback,
-)
-from data_exhaust.rotation import rotate_all
-from data_exhaust.secrets_box import SealError
-from data_exhaust.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from data_exhaust.registry import Registry
+    from data_exhaust.registry_import import ImportResult
+    from data_exhaust.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)
 SHOWN_ERRORS = 10
@@ -57,6 +51,10 @@ JsonOpt = typer.Option(False, "--json", help="Also print the result as JSON on s
 
 
 def _open() -> tuple[Settings, Registry]:
+    from data_exhaust.db import make_engine, migrate
+    from data_exhaust.registry import Registry
+    from data_exhaust.settings import Settings
+
     settings = Settings()
     migrate(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
@@ -83,6 +81,8 @@ def conversation_put(
     Example: exhaust conversations put bot-42 --name "Math quiz" --channel state-up
     --start 2024-06-01 --end 2024-06-30
     """
+    from data_exhaust.registry import ConversationInfo, check_id, parse_day
+
     try:
         check_id(conversation_id, "conversation id")
         if not name.strip() or len(name.strip()) > 300:
@@ -152,6 +152,9 @@ def device_put(
 
     Example: exhaust devices put 6f1e… --conversation bot-42 --phone -
     """
+    from data_exhaust.registry import RegistryError, check_id
+    from data_exhaust.registry import normalise_phone as _normalise
+
     clear = _read_phone() if phone == "-" else phone
     try:
         number = _normalise(clear) if clear else None
@@ -189,9 +192,9 @@ def device_import(path: Path = FileArg, strict: bool = StrictOpt, as_json: bool 
 # -- imports ---------------------------------------------------------------------------------
 
 
-def _import(kind: str, path: Path, strict: bool, as_json: bool) -> None:
-    settings, registry = _open()
-    task_id = uuid.uuid4().hex
+def _progress() -> Progress:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -199,8 +202,16 @@ def _import(kind: str, path: Path, strict: bool, as_json: bool) -> None:
         TimeRemainingColumn(),
         TextColumn("{task.fields[rows]} rows"),
     )
+    return Progress(*columns, console=console, transient=True)
+
+
+def _import(kind: str, path: Path, strict: bool, as_json: bool) -> None:
+    from data_exhaust.registry_import import ImportFailed, ImportFormatError, import_csv, rollback
+
+    settings, registry = _open()
+    task_id = uuid.uuid4().hex
     try:
-        with Progress(*columns, console=console, transient=True) as progress:
+        with _progress() as progress:
             bar = progress.add_task(
                 "checking" if strict else kind, total=path.stat().st_size, rows=0
             )
@@ -260,6 +271,9 @@ def rotate_key() -> None:
     Example: EXHAUST_PREVIOUS_SECRET_KEYS='["old"]' EXHAUST_SECRET_KEY=new
     exhaust registry rotate-key
     """
+    from data_exhaust.rotation import rotate_all
+    from data_exhaust.secrets_box import SealError
+
     try:
         done = rotate_all(_open()[1])
     except SealError as exc:
@@ -282,6 +296,8 @@ def rollback_cmd(
 
     Example: exhaust registry rollback 3f2a9c0e7b5d4e1f8a6b2c9d0e1f2a3b
     """
+    from data_exhaust.registry_import import rollback
+
     count = rollback(_open()[1].engine, task_id)
     console.print(f"rolled back {count} row(s) of import {task_id}")
 

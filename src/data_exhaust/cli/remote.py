@@ -8,15 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from data_exhaust.cli.tables import print_table
-from data_exhaust.client import ClientError, ExhaustClient
+
+if TYPE_CHECKING:
+    from data_exhaust.client import ExhaustClient
 
 console = Console(stderr=True)
 ServerOpt = typer.Option(
@@ -31,11 +32,21 @@ ChannelOpt = typer.Option(..., "--channel", envvar="EXHAUST_CHANNEL", help="X-Ch
 @contextmanager
 def _client(server: str, key: str, channel: str) -> Iterator[ExhaustClient]:
     """A client whose refusals end the command with the server's message and exit code 1."""
+    import httpx
+
+    from data_exhaust.client import ClientError, ExhaustClient
+
     with ExhaustClient(server, key, channel) as client:
         try:
             yield client
         except ClientError as exc:
             console.print(f"[red]{exc.code}[/]: {exc.message}")
+            raise typer.Exit(1) from None
+        except httpx.TransportError as exc:
+            console.print(
+                f"[red]cannot reach the server at {server}[/] ({type(exc).__name__}: {exc}); "
+                "is it running? Set --server or EXHAUST_SERVER_URL"
+            )
             raise typer.Exit(1) from None
         except TimeoutError as exc:
             console.print(f"[yellow]{exc}[/]; check later with `exhaust status`")
@@ -132,6 +143,8 @@ def download(
 
 
 def _fetch_all(client: ExhaustClient, job: dict[str, Any], dest: Path) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
     dest.mkdir(parents=True, exist_ok=True)
     files = job["files"]
     with Progress(

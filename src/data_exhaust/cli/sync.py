@@ -7,27 +7,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-)
 
 from data_exhaust.cli.tables import print_table
-from data_exhaust.sync import daemon
-from data_exhaust.sync.control import DATASETS, ControlDB, Schedule
-from data_exhaust.sync.report import Summary
-from data_exhaust.sync.settings import SyncSettings
-from data_exhaust.sync.states import StatesFileError, load_states
-from data_exhaust.sync.steps import Sync, rows_of
-from data_exhaust.sync.windows import BadSchedule, check_frequency
+from data_exhaust.constants import SYNC_DATASETS as DATASETS
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from data_exhaust.sync.report import Summary
+    from data_exhaust.sync.settings import SyncSettings
 
 console = Console(stderr=True, soft_wrap=True)
 sync_app = typer.Typer(
@@ -62,6 +54,8 @@ JsonOpt = typer.Option(False, "--json", help="Print the summary as JSON instead 
 
 
 def _settings(**overrides: Any) -> SyncSettings:
+    from data_exhaust.sync.settings import SyncSettings
+
     settings = SyncSettings()
     chosen = {k: v for k, v in overrides.items() if v is not None}
     return settings.model_copy(update=chosen) if chosen else settings
@@ -69,6 +63,9 @@ def _settings(**overrides: Any) -> SyncSettings:
 
 @contextmanager
 def _fail_clearly() -> Iterator[None]:
+    from data_exhaust.sync.states import StatesFileError
+    from data_exhaust.sync.windows import BadSchedule
+
     try:
         yield
     except (StatesFileError, BadSchedule) as exc:
@@ -97,6 +94,9 @@ def schedule_add(
     control_db: str | None = ControlOpt,
 ) -> None:
     """Add a schedule (or change the bot's existing one for that dataset)."""
+    from data_exhaust.sync.control import ControlDB, Schedule
+    from data_exhaust.sync.windows import check_frequency
+
     if dataset not in DATASETS:
         raise typer.BadParameter(f"--dataset must be one of {', '.join(DATASETS)}")
     settings = _settings(sync_db=control_db)
@@ -112,6 +112,8 @@ def schedule_add(
 @schedule_app.command("list")
 def schedule_list(control_db: str | None = ControlOpt) -> None:
     """Print the schedules."""
+    from data_exhaust.sync.control import ControlDB
+
     control = ControlDB(_settings(sync_db=control_db).sync_db)
     rows = [
         (s.state_id, s.bot_id, s.dataset, s.frequency, s.since.isoformat())
@@ -129,6 +131,8 @@ def schedule_remove(
     control_db: str | None = ControlOpt,
 ) -> None:
     """Remove a bot's schedules; windows already created are kept and still handled."""
+    from data_exhaust.sync.control import ControlDB
+
     control = ControlDB(_settings(sync_db=control_db).sync_db)
     removed = control.remove_schedule(state, bot, dataset)
     control.close()
@@ -145,7 +149,8 @@ class RichObserver:
     """Bars for the steps and a byte counter for downloads, on stderr."""
 
     def __init__(self, progress: Progress) -> None:
-        self.progress, self.tasks = progress, dict[str, TaskID]()
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
 
     def begin(self, step: str, total: int) -> None:
         if step in self.tasks:
@@ -162,6 +167,13 @@ class RichObserver:
         self.progress.advance(self.tasks["download"], size)
 
 
+def _progress() -> Progress:
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    return Progress(*columns, DownloadColumn(), console=console, transient=True)
+
+
 def _run(
     step: str,
     states: Path | None,
@@ -171,12 +183,16 @@ def _run(
     as_json: bool,
     wait: float = 0.0,
 ) -> None:
+    from data_exhaust.sync import daemon
+    from data_exhaust.sync.control import ControlDB
+    from data_exhaust.sync.states import load_states
+    from data_exhaust.sync.steps import Sync
+
     settings = _settings(sync_states=states, sync_db=control_db, server_url=server)
     with _fail_clearly():
         loaded = load_states(settings.sync_states)
     control = ControlDB(settings.sync_db)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    progress = Progress(*columns, DownloadColumn(), console=console, transient=True)
+    progress = _progress()
     observer = RichObserver(progress)
     with progress, Sync(settings, loaded, control, _today(settings, today), observer) as sync:
         summary = daemon.run_step(sync, step, wait)
@@ -185,6 +201,8 @@ def _run(
 
 
 def _report(summary: Summary, as_json: bool) -> None:
+    from data_exhaust.sync.steps import rows_of
+
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -246,6 +264,9 @@ def run_daemon(
     ),
 ) -> None:
     """Run the request step and the handle step on their own crons until stopped (SIGTERM)."""
+    from data_exhaust.sync import daemon
+    from data_exhaust.sync.states import load_states
+
     with _fail_clearly():
         settings = _settings(
             sync_states=states,
@@ -267,6 +288,8 @@ def status(
     control_db: str | None = ControlOpt,
 ) -> None:
     """List the windows (exhaust_requests) and where each one is."""
+    from data_exhaust.sync.control import ControlDB
+
     control = ControlDB(_settings(sync_db=control_db).sync_db)
     rows = [
         (

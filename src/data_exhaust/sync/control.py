@@ -18,9 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from data_exhaust.constants import SYNC_DATASETS
 from data_exhaust.sync.windows import Window
 
-DATASETS = ("uci-response-exhaust", "uci-private-exhaust")
+DATASETS = SYNC_DATASETS
 
 metadata = sa.MetaData()
 
