@@ -41,9 +41,12 @@ test-deps:
 	@command -v 7z >/dev/null || (apt-get update -qq && apt-get install -y -qq p7zip-full)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## test: lint, type checks, then every test (unit, integration, acceptance)
+## test: lint, type checks, then every test (unit, integration, acceptance), on
+## TEST_WORKERS pytest-xdist processes (most tests wait on servers and subprocesses; the
+## RabbitMQ/Redis tests share one worker, see tests marked xdist_group("broker"))
+TEST_WORKERS ?= 2
 test: install test-deps lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## bench: the benchmark suite (bench/README.md); not part of `make test`. BENCH_ARGS="export --scale 1"
 bench: install

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -41,42 +42,41 @@ def sa_url(database: str) -> str:
     return f"{PG_HOST.replace('postgresql://', 'postgresql+psycopg://')}/{database}"
 
 
-@pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """A database migrated once per test session; each test clones it (fast, isolated)."""
+@contextmanager
+def new_database(name: str, template: str | None = None) -> Iterator[str]:
+    """A Postgres database ``name`` (a copy of ``template``, else empty), dropped afterwards."""
     admin = _pg_admin()
     need("PostgreSQL", admin is not None)
     assert admin is not None
-    name = f"exhaust_tpl_{os.getpid()}"
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.execute(f'CREATE DATABASE "{name}"')
-    migrate(sa_url(name))
-    yield name
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        admin.execute(f'CREATE DATABASE "{name}"{copy}')
+        try:
+            yield name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated once per test session; each test clones it (fast, isolated)."""
+    with new_database(f"exhaust_tpl_{os.getpid()}") as name:
+        migrate(sa_url(name))
+        yield name
 
 
 @pytest.fixture
 def postgres_url(pg_template: str) -> Iterator[str]:
-    name = f"exhaust_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{PG_HOST}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    yield sa_url(name)
-    with psycopg.connect(f"{PG_HOST}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(f"exhaust_t_{uuid.uuid4().hex[:12]}", pg_template) as name:
+        yield sa_url(name)
 
 
 @pytest.fixture
 def empty_postgres_url() -> Iterator[str]:
     """A new, empty Postgres database (a state's own database in the client-sync tests)."""
-    admin = _pg_admin()
-    need("PostgreSQL", admin is not None)
-    assert admin is not None
-    name = f"exhaust_state_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield sa_url(name)
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with new_database(f"exhaust_state_{uuid.uuid4().hex[:12]}") as name:
+        yield sa_url(name)
 
 
 @pytest.fixture

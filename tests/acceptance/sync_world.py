@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from tests.acceptance.conftest import Deployment
 from tests.factories import PHONES, assess_event
@@ -214,3 +215,15 @@ def make_world(deployment: Deployment, tmp_path: Path, up_db: str) -> World:
     world = with_client(start_server(deployment), tmp_path, up_db)
     world.schedule()
     return world
+
+
+def rows(url: str, table: str) -> list[dict[str, Any]]:
+    """Every row of ``table`` in the database at ``url`` ([] while the table does not exist)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return []
+            return [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
+    finally:
+        engine.dispose()

@@ -14,15 +14,13 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from data_exhaust.sync.control import ControlDB, Schedule
 from tests.acceptance.conftest import ROOT, Deployment, wait_until
-from tests.acceptance.sync_world import FIRST_DAY, World, headers, start_server, with_client
+from tests.acceptance.sync_world import FIRST_DAY, World, headers, rows, start_server, with_client
 from tests.conftest import IN_CI
 
 AIRFLOW = "3.3.2"
@@ -141,14 +139,6 @@ def finished(world: World, state: str, tag: str, request_id: str) -> bool:
         headers=headers(world.keys[state], channel),
     )
     return bool(answer.json()["result"]["status"] in ("SUCCESS", "FAILED"))
-
-
-def rows(url: str, table: str) -> list[dict[str, Any]]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        found = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
-    engine.dispose()
-    return found
 
 
 def test_both_dags_run_under_airflow_and_load_rows(

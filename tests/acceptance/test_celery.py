@@ -29,6 +29,10 @@ from tests.acceptance.test_workers import CHANNEL, published, read, submit
 from tests.celery_support import AMQP_URL, REDIS_URL, delete_queue, need_broker, unique_queue
 from tests.conftest import PG_HOST, sa_url
 
+#: RabbitMQ and Redis tests run one at a time, on one xdist worker: one of them restarts
+#: RabbitMQ, which would break another running beside it.
+pytestmark = pytest.mark.xdist_group("broker")
+
 LONG = {"rows": 1_000_000, "delay": 0.05, "batch": 50}  # runs until stopped
 
 

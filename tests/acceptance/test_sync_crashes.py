@@ -37,6 +37,7 @@ from tests.acceptance.sync_world import (
     Bot,
     World,
     headers,
+    rows,
     start_server,
     with_client,
 )
@@ -59,17 +60,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture
 def world(server: World, tmp_path: Path, empty_postgres_url: str) -> World:
     return with_client(server, tmp_path, empty_postgres_url)
-
-
-def rows(url: str, table: str) -> list[dict[str, Any]]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            if not sa.inspect(conn).has_table(table):
-                return []
-            return [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
-    finally:
-        engine.dispose()
 
 
 class KillingProxy(ThreadingHTTPServer):

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from tests.acceptance.conftest import Deployment
-from tests.acceptance.sync_world import BOTS, REGISTERED, TITLES, World, make_world
+from tests.acceptance.sync_world import BOTS, REGISTERED, TITLES, World, make_world, rows
 from tests.factories import PHONES
 
 RUN_DATES = ["2026-10-08", "2026-10-13", "2026-10-20", "2026-10-27"]
@@ -26,14 +25,6 @@ def world(tmp_path: Path, sqlite_url: str, empty_postgres_url: str) -> World:
     made = make_world(deployment, tmp_path, empty_postgres_url)
     yield made  # type: ignore[misc]
     deployment.stop_all()
-
-
-def rows(url: str, table: str) -> list[dict[str, Any]]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        found = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
-    engine.dispose()
-    return found
 
 
 def summary(world: World, today: str) -> dict[str, Any]:

@@ -23,7 +23,10 @@ from tests.celery_support import (
 )
 from tests.integration.test_engine import status_of, submission, wait_for
 
-pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("database_url", ["postgres"], indirect=True),
+    pytest.mark.xdist_group("broker"),  # beside test_celery.py's RabbitMQ restart
+]
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ from data_exhaust.manager import JobConflict, JobNotFound, Submission
 from data_exhaust.services import Services
 from tests.celery_support import celery_executor
 
+#: RabbitMQ and Redis tests run one at a time, on one xdist worker: one of them restarts
+#: RabbitMQ, which would break another running beside it.
+pytestmark = pytest.mark.xdist_group("broker")
+
 
 def submission(rows: int = 250, **config: object) -> Submission:
     return Submission(
