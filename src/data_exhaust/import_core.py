@@ -11,6 +11,14 @@ import with nothing changed (and anything written in between is rolled back).
 A stop is the caller's business: ``on_batch`` may raise (a job's checkpoint raises
 ``StopRequested``); the exception leaves :func:`run_plan` after the batch's commit, and the
 caller rolls back by task id.
+
+A kind whose rows need only length limits and non-empty columns (teams) also gives a
+``write_table``: its file is then read in ~1 MiB blocks parsed by pyarrow, stripped and
+checked column-wise (``utf8_trim``/``utf8_length``) by a reader thread one or two blocks ahead
+of the writing thread, and written as Arrow tables (on Postgres one ``COPY`` per batch), with
+the row path's line numbers, messages, batches, checkpoints and strict mode
+(:mod:`data_exhaust.import_columnar`; ``tests/integration/test_import_speed_paths.py``
+compares the two).
 """
 
 from __future__ import annotations
@@ -19,10 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
+import pyarrow as pa
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from data_exhaust.csv_lines import Source, header_of, opened, records
+from data_exhaust.csv_lines import (
+    Source,
+    header_of,
+    opened,
+    records,
+)
 
 MAX_ERRORS = 100
 
@@ -31,6 +45,7 @@ BatchCallback = Callable[[int, "ImportResult"], None]  # (bytes read, the result
 Parser = Callable[[list[str]], Any]
 Flush = Callable[[Session, list[tuple[int, Any]], "ImportResult", bool], None]
 Rollback = Callable[[Engine, str], int]
+TableWriter = Callable[[Connection, pa.Table], None]
 
 
 @dataclass(frozen=True)
@@ -108,18 +123,24 @@ class Plan:
     batch_rows: int = 1000
     on_progress: ProgressCallback | None = None
     on_batch: BatchCallback | None = None
+    write_table: TableWriter | None = None  # set: the column-wise path (no parser, no flush)
+    required: Mapping[str, str] = field(default_factory=dict)  # column -> message if empty
+    block_bytes: int = 1 << 20  # the column-wise path reads blocks of about this size
 
 
 def run_plan(plan: Plan, source: Source, strict: bool) -> ImportResult:
     """Import ``source``; in strict mode a bad line raises :class:`ImportFailed`."""
+    from data_exhaust.import_columnar import columnar_pass  # it builds on this module
+
     if not plan.task_id:
         raise ValueError("task_id is required")
+    one_pass = _pass if plan.write_table is None else columnar_pass
     if strict:
-        checked = _pass(plan, source, write=False, strict=True)
+        checked = one_pass(plan, source, write=False, strict=True)
         if checked.rejected:
             raise ImportFailed(checked)
     try:
-        result = _pass(plan, source, write=True, strict=strict)
+        result = one_pass(plan, source, write=True, strict=strict)
     except BaseException:
         if strict:
             plan.rollback(plan.engine, plan.task_id)
@@ -157,6 +178,11 @@ def _flush(
     if batch:
         with Session(plan.engine) as session, session.begin():
             plan.flush(session, batch, result, write)
+    after_batch(plan, result, write, done)
+
+
+def after_batch(plan: Plan, result: ImportResult, write: bool, done: int) -> None:
+    """Keep the batch's errors, report progress and reach the checkpoint (``on_batch``)."""
     result.settle()
     if plan.on_progress is not None:
         plan.on_progress(done, result.accepted if write else 0)

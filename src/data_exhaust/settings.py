@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         le=100_000,
-        description="CSV import rows written per database transaction (devices, conversations).",
+        description="CSV import rows written per database transaction (every import kind).",
     )
     public_url: str | None = Field(
         None, description="Base URL put in download links; default: the URL the client called."

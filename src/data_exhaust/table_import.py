@@ -4,7 +4,8 @@ Both only insert: every row gets the task id, so :func:`rollback_teams` /
 :func:`rollback_form_responses` remove exactly what one task created and nothing else.
 
 - teams: ``name,description,manager,members`` (``name`` 1–600 characters, ``manager`` at
-  most 20);
+  most 20), checked column-wise and written with one ``COPY … (FORMAT csv)`` per batch on
+  Postgres (:func:`data_exhaust.import_core.run_plan`);
 - form-responses: the export's columns (datasets.md §6), ``timestamp`` ISO-8601 (a time
   without a zone is in ``EXHAUST_TIMEZONE``), latitude/longitude decimal degrees or empty,
   ``mobile_no`` digits with an optional leading ``+`` (at most 20 characters).
@@ -18,8 +19,10 @@ from datetime import datetime, tzinfo
 from functools import partial
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from psycopg import sql as pgsql
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Connection, Engine, delete, insert
 from sqlalchemy.orm import Session
 
 from data_exhaust.csv_lines import Source
@@ -50,6 +53,8 @@ FORM_LIMITS = {
     "record_latitude": 40,
     "record_longitude": 40,
 }
+NAME_REQUIRED = "name is required (1 to 600 characters)"
+CSV_OUT = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
 MOBILE = re.compile(r"\+?[0-9]{3,19}")
 
 
@@ -57,12 +62,22 @@ def import_teams(
     engine: Engine, source: Source, task_id: str, *, strict: bool = False,
     batch_rows: int = 1000, on_batch: BatchCallback | None = None,
 ) -> ImportResult:  # fmt: skip
-    """Insert one team per line."""
-    plan = Plan(
+    """Insert one team per line (validated column-wise: lengths, ``name`` not empty)."""
+    return run_plan(teams_plan(engine, task_id, batch_rows, on_batch), source, strict)
+
+
+def teams_plan(
+    engine: Engine, task_id: str, batch_rows: int = 1000, on_batch: BatchCallback | None = None,
+    *, columnar: bool = True, block_bytes: int = 1 << 20,
+) -> Plan:  # fmt: skip
+    """The teams import; ``columnar=False`` is the row-by-row path (the reference the tests
+    compare the column-wise path with)."""
+    return Plan(
         "teams", engine, task_id, lambda _header: _team, partial(_insert, Team, task_id),
         (TEAMS,), TEAM_LIMITS, rollback_teams, batch_rows, on_batch=on_batch,
+        write_table=partial(_write_table, Team, task_id) if columnar else None,
+        required={"name": NAME_REQUIRED}, block_bytes=block_bytes,
     )  # fmt: skip
-    return run_plan(plan, source, strict)
 
 
 def import_form_responses(
@@ -122,10 +137,32 @@ def _copy(session: Session, table: str, rows: list[dict[str, Any]]) -> None:
             copy.write_row([row[column] for column in columns])
 
 
+def _write_table(
+    model: type[Team] | type[FormResponse], task_id: str, connection: Connection, table: pa.Table
+) -> None:
+    """Insert a validated batch tagged with ``task_id``; on Postgres one ``COPY … FROM STDIN
+    (FORMAT csv)`` of the batch written by pyarrow (every value quoted: never NULL)."""
+    table = table.combine_chunks()  # pyarrow 26's CSV writer garbles some chunked slices
+    table = table.append_column("task_id", pa.nulls(table.num_rows, pa.string()).fill_null(task_id))
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(model), table.to_pylist())
+        return
+    statement = pgsql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        pgsql.Identifier(model.__tablename__),
+        pgsql.SQL(", ").join(map(pgsql.Identifier, table.column_names)),
+    )
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, CSV_OUT)
+    raw = connection.connection.driver_connection
+    assert raw is not None  # a checked-out connection always has its DBAPI connection
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.write(sink.getvalue().to_pybytes())
+
+
 def _team(values: list[str]) -> dict[str, Any]:
     name, description, manager, members = values
     if not name:
-        raise ValueError("name is required (1 to 600 characters)")
+        raise ValueError(NAME_REQUIRED)
     return {"name": name, "description": description, "manager": manager, "members": members}
 
 
