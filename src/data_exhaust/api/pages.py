@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from data_exhaust.api.deps import ServicesDep
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError
-from data_exhaust.api.session import COOKIE, caller_of
+from data_exhaust.api.session import COOKIE, caller_of, caller_of_async
 from data_exhaust.api.tasks import FileField, render_task, upload
 from data_exhaust.jobs import FINISHED
 from data_exhaust.tasks import recent
@@ -84,7 +84,7 @@ async def import_teams(
     authorization: Annotated[str | None, Header()] = None,
 ) -> Response:  # fmt: skip
     """Start a teams import; JSON with ``Accept: application/json``, else back to the page."""
-    caller = caller_of(request, services, authorization)
+    caller = await caller_of_async(request, services, authorization)
     if caller is None or not caller.is_admin:
         raise ApiError("UNAUTHORIZED", "log in at /login or send 'Authorization: Bearer <key>'")
     wants_json = "application/json" in (accept or "")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from data_exhaust.api.deps import ServicesDep
+from data_exhaust.api.deps import ServicesDep, verify_key
 from data_exhaust.api.errors import ApiError
 from data_exhaust.keys import Caller
 from data_exhaust.services import Services
@@ -22,18 +22,33 @@ from data_exhaust.services import Services
 COOKIE = "exhaust_key"
 
 
-def caller_of(request: Request, services: Services, authorization: str | None) -> Caller | None:
-    """The admin caller of the Bearer header or else of the cookie; None when neither."""
-    token = None
+def _token_of(request: Request, authorization: str | None) -> str | None:
+    """The key of the Bearer header or else of the login cookie."""
     if authorization:
         scheme, _, value = authorization.partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else None
-    else:
-        token = request.cookies.get(COOKIE)
-    caller = services.keys.authenticate(token) if token else None
+        return value.strip() if scheme.lower() == "bearer" else None
+    return request.cookies.get(COOKIE)
+
+
+def _remember(request: Request, caller: Caller | None) -> Caller | None:
     if caller is not None:
         request.state.caller = caller
     return caller
+
+
+def caller_of(request: Request, services: Services, authorization: str | None) -> Caller | None:
+    """The caller of the header or cookie, for routes that run in the thread pool."""
+    token = _token_of(request, authorization)
+    return _remember(request, services.keys.authenticate(token) if token else None)
+
+
+async def caller_of_async(
+    request: Request, services: Services, authorization: str | None
+) -> Caller | None:
+    """The same for async routes: a cache miss is looked up in the thread pool, never in the
+    event loop."""
+    token = _token_of(request, authorization)
+    return _remember(request, await verify_key(services, token) if token else None)
 
 
 async def admin_caller(
@@ -42,7 +57,7 @@ async def admin_caller(
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> Caller:
     """An admin key from the header or the login cookie, else 401/403 in the envelope."""
-    caller = caller_of(request, services, authorization)
+    caller = await caller_of_async(request, services, authorization)
     if caller is None:
         raise ApiError("UNAUTHORIZED", "log in at /login or send 'Authorization: Bearer <key>'")
     if not caller.is_admin:
