@@ -44,3 +44,16 @@ def test_mistakes_get_a_clear_error_and_change_nothing(tmp_path: Path) -> None:
     missing = run(tmp_path, "run-once", "--today", "2026-10-13")
     assert missing.returncode == 2
     assert "exhaust_config.py not found; create it" in missing.stderr
+
+
+def test_a_bad_setting_is_named_without_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXHAUST_")}
+    env["EXHAUST_TIMEZONE"] = "Mars/Olympus"
+    answer = subprocess.run(
+        [EXHAUST, "sync", "schedule", "list"], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert answer.returncode == 2 and "Traceback" not in answer.stderr
+    assert (
+        "EXHAUST_TIMEZONE" in answer.stderr and "unknown time zone 'Mars/Olympus'" in answer.stderr
+    )

@@ -54,9 +54,17 @@ JsonOpt = typer.Option(False, "--json", help="Print the summary as JSON instead 
 
 
 def _settings(**overrides: Any) -> SyncSettings:
+    from pydantic import ValidationError
+
     from data_exhaust.sync.settings import SyncSettings
 
-    settings = SyncSettings()
+    try:
+        settings = SyncSettings()
+    except ValidationError as exc:  # a bad EXHAUST_* value: say which, no traceback
+        for error in exc.errors():
+            name = "EXHAUST_" + "_".join(map(str, error["loc"])).upper()
+            console.print(f"[red]error[/]: {name}: {error['msg']}")
+        raise typer.Exit(2) from None
     chosen = {k: v for k, v in overrides.items() if v is not None}
     return settings.model_copy(update=chosen) if chosen else settings
 
