@@ -1,8 +1,12 @@
-"""The garbage collector in long-running processes that churn through many objects."""
+"""The heap of long-running processes that churn through many objects: the garbage
+collector, and freed memory given back to the system."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
+from collections.abc import Callable
 
 
 def freeze_heap() -> None:
@@ -16,3 +20,39 @@ def freeze_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on another C library (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the memory a finished job freed back to the operating system.
+
+    glibc keeps freed memory in per-thread arenas for reuse; after an export's batches (tens
+    of MB of Arrow buffers, freed by whichever worker thread ran it) the worker's RSS stayed
+    at its peak and crept up from job to job (bench/README.md, memory). ``malloc_trim(0)``
+    returns it; it takes well under a millisecond when there is little to return.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def use_system_allocator() -> None:
+    """Make pyarrow allocate with the C library's ``malloc`` (its default is mimalloc) in a
+    process that runs jobs, so that :func:`release_free_memory` can return an export's Arrow
+    buffers too. Measured on the 100 k-row export: mimalloc's retained pages made the server's
+    peak creep from ~300 to ~325 MB over three exports; with malloc and the trim it stayed at
+    ~295 MB (bench/README.md, memory)."""
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())

@@ -385,7 +385,9 @@ def drop_adjacent_duplicates(
                 continue
             keep = _not_repeated(batch.column(mid), batch.column(digest), previous)
             previous = (batch.column(mid)[-1].as_py(), batch.column(digest)[-1].as_py())
-            kept = batch.filter(keep).drop_columns([digest])
+            trimmed = batch.drop_columns([digest])
+            # Usually nothing repeats: then the batch is passed on without being copied.
+            kept = trimmed if pc.all(keep).as_py() else trimmed.filter(keep)
             if kept.num_rows:
                 yield kept
 

@@ -19,6 +19,7 @@ from data_exhaust.jobs import Job
 from data_exhaust.keys import KeyStore
 from data_exhaust.lake import Lake
 from data_exhaust.manager import JobManager
+from data_exhaust.query_db import QueryDatabase
 from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
 from data_exhaust.storage import BlobStore, open_blob_store
@@ -41,6 +42,15 @@ class Services:
 
     executor: Executor | None = None
     _last_compaction: float = 0.0
+    _queries: QueryDatabase | None = None
+
+    @property
+    def queries(self) -> QueryDatabase:
+        """The process's DuckDB database for jobs, opened at its first query."""
+        if self._queries is None:
+            spill = self.settings.data_dir / "spill"
+            self._queries = QueryDatabase(self.settings.duckdb_memory_limit, spill)
+        return self._queries
 
     def today(self) -> date:
         return datetime.now(self.settings.tz).date()
@@ -48,6 +58,8 @@ class Services:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown()
+        if self._queries is not None:
+            self._queries.close()
         self.engine.dispose()
 
     def notify(self) -> None:
@@ -64,6 +76,7 @@ class Services:
             self.settings,
             name,
             registry=self.registry,
+            queries=self.queries,
         )
 
     def make_executor(self, threads: int | None = None) -> Executor:

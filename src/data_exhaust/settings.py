@@ -91,7 +91,8 @@ class Settings(BaseSettings):
         None, description="Base URL put in download links; default: the URL the client called."
     )
     duckdb_memory_limit: str = Field(
-        "256MB", description="Memory cap of each job's DuckDB queries (they spill beyond it)."
+        "256MB",
+        description="Memory cap of the process's DuckDB database, shared by its running jobs.",
     )
     csv_bom: bool = Field(False, description="Start CSV files with a UTF-8 BOM (for Excel).")
     csv_formula_guard: bool = Field(

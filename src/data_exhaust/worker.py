@@ -31,10 +31,12 @@ from data_exhaust.datasets import (
     PermanentError,
     StopRequested,
 )
+from data_exhaust.heap import release_free_memory
 from data_exhaust.jobs import Job, OutputFile
 from data_exhaust.lake import Lake
 from data_exhaust.manager import JobManager
 from data_exhaust.output import write_output
+from data_exhaust.query_db import QueryDatabase
 from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
 from data_exhaust.storage import BlobStore
@@ -56,6 +58,7 @@ class JobContext:
     lake: Lake
     blobs: BlobStore
     today: date
+    queries: QueryDatabase
     registry: Registry
     stop_event: threading.Event = field(default_factory=threading.Event)
     rows_done: int = 0
@@ -74,16 +77,9 @@ class JobContext:
             raise StopRequested
 
     def duckdb(self) -> duckdb.DuckDBPyConnection:
-        """A connection capped at ``EXHAUST_DUCKDB_MEMORY_LIMIT``: a large sort spills to
-        ``<data dir>/spill`` (made by DuckDB when needed) instead of growing the worker with
-        the size of the output."""
-        spill = self.settings.data_dir / "spill"
-        connection = duckdb.connect(
-            config={
-                "memory_limit": self.settings.duckdb_memory_limit,
-                "temp_directory": str(spill),
-            }
-        )
+        """A connection of the process's DuckDB database (:mod:`data_exhaust.query_db`),
+        closed when the job ends and interrupted if it is stopped."""
+        connection: duckdb.DuckDBPyConnection = self.queries.connect()
         with self._lock:
             self._connections.append(connection)
         if self.stop_event.is_set():
@@ -163,9 +159,11 @@ class Worker:
         name: str | None = None,
         *,
         registry: Registry,
+        queries: QueryDatabase,
     ) -> None:
         self.jobs, self.blobs, self.lake = jobs, blobs, lake
         self.datasets, self.settings, self.registry = datasets, settings, registry
+        self.queries = queries
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
 
     def run_one(self) -> bool:
@@ -179,7 +177,9 @@ class Worker:
 
     def execute(self, job: Job) -> None:
         today = datetime.now(self.settings.tz).date()
-        ctx = JobContext(job, self.settings, self.lake, self.blobs, today, self.registry)
+        ctx = JobContext(
+            job, self.settings, self.lake, self.blobs, today, self.queries, self.registry
+        )
         if job.stop_requested:  # asked to stop before this run looked at the flag
             ctx.request_stop()
         heartbeat = _Heartbeat(self.jobs, ctx, self.settings.lease_seconds)
@@ -193,6 +193,7 @@ class Worker:
         finally:
             heartbeat.stop()
             ctx.close()
+            release_free_memory()
 
     def _run(self, job: Job, ctx: JobContext, started: float) -> None:
         def elapsed() -> int:

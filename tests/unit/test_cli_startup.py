@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("sqlalchemy", "duckdb", "pyarrow", "httpx", "fastapi", "celery", "data_exhaust.sync.steps")
 
@@ -20,3 +22,19 @@ def test_one_sync_module_does_not_load_the_others() -> None:
     loaded = set(subprocess.check_output([sys.executable, "-c", code], text=True).split())
     assert "data_exhaust.sync.steps" not in loaded and "httpx" not in loaded
     assert "sqlalchemy" in loaded
+
+
+def test_the_embedded_server_does_not_load_the_postgres_driver(tmp_path: Path) -> None:
+    """On the SQLite default, psycopg (~26 MB of a worker's RSS) stays out of the process."""
+    code = (
+        "import sys\n"
+        "from data_exhaust.cli.admin import services\n"
+        "from data_exhaust.api.app import create_app\n"
+        "create_app(services())\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    env = {**os.environ, "EXHAUST_DATA_DIR": str(tmp_path), "EXHAUST_SECRET_KEY": "k" * 32}
+    env = {k: v for k, v in env.items() if k != "EXHAUST_DATABASE_URL"}
+    loaded = set(subprocess.check_output([sys.executable, "-c", code], text=True, env=env).split())
+    assert "data_exhaust.api.tasks" in loaded and "sqlalchemy" in loaded
+    assert not {name for name in loaded if name.startswith("psycopg")}

@@ -254,9 +254,12 @@ class FakeRunContext:
     registry: Registry
     blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
     checkpoints: list[int] = field(default_factory=list)
+    totals: list[int] = field(default_factory=list)
 
     def checkpoint(self, rows_done: int, rows_total: int | None = None) -> None:
         self.checkpoints.append(rows_done)
+        if rows_total is not None:
+            self.totals.append(rows_total)
 
     def duckdb(self) -> duckdb.DuckDBPyConnection:
         return self.con
@@ -423,7 +426,8 @@ def test_date_range_is_inclusive_local_calendar_days(
     _, out_rows, _ = _run_csv(_context(settings, con, lake))
     assert [r["Message ID"] for r in out_rows] == ["first", "evening-utc", "last"]
     assert out_rows[1]["Timestamp"] == "2022-06-21T20:00:00.000Z"
-    assert lake.asked == [(date(2022, 6, 21), date(2022, 6, 22))]
+    # the count per hour, then the one slice: both read only these partitions
+    assert lake.asked == [(date(2022, 6, 21), date(2022, 6, 22))] * 2
 
 
 def test_multi_day_range(
@@ -434,7 +438,7 @@ def test_multi_day_range(
     ctx = _context(settings, con, lake, startDate="2022-06-10", endDate="2022-06-12")
     _, out_rows, _ = _run_csv(ctx)
     assert [r["Message ID"] for r in out_rows] == ["d10", "d11", "d12"]
-    assert lake.asked == [(date(2022, 6, 9), date(2022, 6, 12))]
+    assert lake.asked == [(date(2022, 6, 9), date(2022, 6, 12))] * 2
 
 
 def test_rows_are_ordered_by_ets_then_mid(
@@ -495,6 +499,33 @@ def test_progress_is_checkpointed(
     DATASET.run(ctx)
     assert ctx.checkpoints[0] == 0
     assert ctx.checkpoints[-1] == 5
+
+
+class _SmallSlices(UciResponseExhaust):
+    rows_per_slice = 1
+
+
+def test_a_sliced_export_writes_the_same_file_and_reports_a_total(
+    tmp_path: Path, settings: Settings, con: duckdb.DuckDBPyConnection
+) -> None:
+    """Rows over ten hours read in slices of one row (so one hour a slice) give byte for byte
+    the file of a single query; duplicates are dropped; the percentage has a total to go by."""
+    start = _ms("2022-06-21T18:30:00.000")  # local midnight of 2022-06-22 in Kolkata
+    rows = [lake_row(mid=f"m{i:02d}", ets=start + (i // 2) * 3_600_000 + i) for i in range(20)]
+    rows += [rows[4], rows[11], rows[11]]  # retried batches: the same events again
+    lakes = []
+    for name in ("whole", "sliced"):
+        (tmp_path / name).mkdir()
+        lakes.append(make_lake(tmp_path / name, rows))
+    _, _, whole_bytes = _run_csv(_context(settings, con, lakes[0]))
+    ctx = _context(settings, con, lakes[1])
+    out, sliced, sliced_bytes = _run_csv(ctx, _SmallSlices())
+    assert sliced_bytes == whole_bytes
+    assert [r["Message ID"] for r in sliced] == [f"m{i:02d}" for i in range(20)]
+    assert len(lakes[0].asked) == 2  # the count, then one slice
+    assert len(lakes[1].asked) == 1 + 10  # the count, then one slice per hour
+    assert ctx.totals[0] == 23  # counted before duplicates are dropped...
+    assert (ctx.checkpoints[-1], ctx.totals[-1], out.rows) == (20, 20, 20)  # ...then corrected
 
 
 class _RegisteredConversation(UciResponseExhaust):

@@ -90,8 +90,8 @@ def utc_day(epoch_ms: int) -> date:
 def non_empty(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
     """``reader`` again, or :class:`NoDataFound` if it yields no rows (decided on one batch).
 
-    Peeking at the first non-empty batch avoids a separate COUNT query over the lake, which
-    would cost as much as the export itself; the job's rowsTotal stays unknown.
+    For a dataset that does not count its rows first (the response exhaust does, to cut its
+    slices, and knows there are rows): the job's rowsTotal stays unknown.
     """
     batches: Iterator[pa.RecordBatch] = iter(reader)
     for batch in batches:

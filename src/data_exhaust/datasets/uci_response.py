@@ -24,13 +24,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from data_exhaust.datasets.base import Dataset, RunContext, SubmitContext
+import pyarrow as pa
+
+from data_exhaust.datasets.base import Dataset, NoDataFound, RunContext, SubmitContext
+from data_exhaust.datasets.slices import Slice, count_slices, read_slices, slice_events
 from data_exhaust.datasets.uci_common import (
     MAX_RANGE_DAYS,
     config_bounds_ms,
     local_day_bounds_ms,
     non_empty,
-    utc_day,
     validate_conversation_config,
 )
 from data_exhaust.jobs import OutputFile
@@ -41,6 +43,7 @@ __all__ = [
     "HEADER",
     "MAX_RANGE_DAYS",
     "ROWS_PER_BATCH",
+    "ROWS_PER_SLICE",
     "UciResponseExhaust",
     "local_day_bounds_ms",
 ]
@@ -67,7 +70,10 @@ HEADER = (
 
 #: Rows per Arrow batch: small enough to checkpoint (and honour a stop) often, large enough
 #: that per-batch overhead is negligible.
-ROWS_PER_BATCH = 20_000
+ROWS_PER_BATCH = 5_000
+#: Rows one sorted query may hold (~20 MB of DuckDB sort for these ~1 KB rows): the export is read
+#: as time slices of at most this many rows, so the worker's memory does not grow with it.
+ROWS_PER_SLICE = 10_000
 
 _SELECT = """
 SELECT
@@ -109,6 +115,8 @@ class UciResponseExhaust(Dataset):
 
     id: ClassVar[str] = "uci-response-exhaust"
     title: ClassVar[str] = "UCI conversation responses"
+    #: See :data:`ROWS_PER_SLICE`.
+    rows_per_slice: ClassVar[int] = ROWS_PER_SLICE
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -133,31 +141,51 @@ class UciResponseExhaust(Dataset):
     # -- run ----------------------------------------------------------------------------------
 
     def run(self, ctx: RunContext) -> list[OutputFile]:
-        """Stream the query's rows into one file; :class:`NoDataFound` when there are none."""
-        config = ctx.job.config
-        conversation_id = config["conversationId"]
+        """Stream the rows, slice by slice (:mod:`~data_exhaust.datasets.slices`), into one
+        file; :class:`NoDataFound` when there are none."""
+        conversation_id = ctx.job.config["conversationId"]
         ctx.checkpoint(0)
-        sql, params = self.query(ctx, conversation_id)
-        rows = ctx.duckdb().sql(sql, params=params).to_arrow_reader(ROWS_PER_BATCH)
-        batches = non_empty(drop_adjacent_duplicates(rows, "Message ID", DIGEST))
-        stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
-        return [ctx.write(stem, HEADER, batches)]
+        connection = ctx.duckdb()
+        bounds = self.bounds(ctx, conversation_id)
+        slices = count_slices(connection, ctx.lake, _WHERE, bounds, self.rows_per_slice)
+        if not slices:
+            raise NoDataFound()
+        total = sum(part.rows for part in slices)
+        ctx.checkpoint(0, total)
+        select, params = self.select(ctx, conversation_id)
 
-    def query(self, ctx: RunContext, conversation_id: str) -> tuple[str, dict[str, Any]]:
-        """The SQL producing exactly the output columns, and its parameters."""
+        def reader(part: Slice) -> pa.RecordBatchReader:
+            sql = select.format(events=slice_events(ctx.lake, _WHERE, part))
+            times = {"from_ms": part.from_ms, "to_ms": part.to_ms}
+            return connection.sql(sql, params={**bounds, **params, **times}).to_arrow_reader(
+                ROWS_PER_BATCH
+            )
+
+        rows = drop_adjacent_duplicates(read_slices(slices, reader), "Message ID", DIGEST)
+        stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
+        written = ctx.write(stem, HEADER, non_empty(rows), total)
+        ctx.checkpoint(written.rows, written.rows)  # the count included dropped duplicates
+        return [written]
+
+    def bounds(self, ctx: RunContext, conversation_id: str) -> dict[str, Any]:
+        """The parameters of :data:`_WHERE`: the job's channel, conversation and time range."""
         from_ms, to_ms = config_bounds_ms(ctx.job.config, ctx.settings.tz)
-        # Duplicates (a retried batch) are dropped while streaming, not by DuckDB: see
-        # drop_adjacent_duplicates; it keeps the export's memory flat.
-        events = ctx.lake.events_sql(utc_day(from_ms), utc_day(to_ms - 1), _WHERE, dedup=False)
-        params: dict[str, Any] = {
+        return {
             "channel": ctx.job.channel,
             "conversation_id": conversation_id,
             "from_ms": from_ms,
             "to_ms": to_ms,
-            "conversation_name": self.conversation_name(ctx, conversation_id),
         }
+
+    def select(self, ctx: RunContext, conversation_id: str) -> tuple[str, dict[str, Any]]:
+        """The SQL producing exactly the output columns from ``{events}``, and the parameters
+        it adds to :meth:`bounds` (the conversation's name, the non-consenting devices).
+
+        Duplicates (a retried batch) are dropped while streaming, not by DuckDB (see
+        :func:`drop_adjacent_duplicates`): that keeps the export's memory flat."""
+        params: dict[str, Any] = {"conversation_name": self.conversation_name(ctx, conversation_id)}
         blocked = self.non_consenting_devices(ctx, conversation_id)
         if blocked:
             params["blocked_devices"] = blocked
         response = _RESPONSE_UNLESS_BLOCKED if blocked else _RESPONSE
-        return _SELECT.format(response=response, events=events, digest=DIGEST), params
+        return _SELECT.format(response=response, events="{events}", digest=DIGEST), params
