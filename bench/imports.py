@@ -1,6 +1,10 @@
 """Items 4 and 5 — a teams CSV import into Postgres beside ``psql \\copy``, the peak RSS of
 the server during a 1,000,000-row import, and a stop half-way with a complete rollback.
 
+Beside them, the floor the spec's batches put under any import: the same file sent by psycopg
+alone as ``COPY … FROM STDIN`` + ``COMMIT`` per batch of 1,000 lines (the spec's default
+``EXHAUST_IMPORT_BATCH_ROWS``), and of 10,000; and the service's import with batches of 10,000.
+
 The import runs as a user runs it: ``POST /v1/imports/teams`` to a real ``exhaust serve`` on
 a fresh Postgres database, polling ``/tasks/<id>`` until it ends. ``\\copy`` loads the same
 file into the same table (no task id, no validation, no rollback: the practical limit).
@@ -8,6 +12,7 @@ file into the same table (no task id, no validation, no rollback: the practical 
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +82,49 @@ def psql_copy(url: str, csv: Path) -> float:
     return time.perf_counter() - started
 
 
+def copy_in_batches(url: str, csv: Path, batch_rows: int) -> float:
+    """Seconds psycopg alone takes to load ``csv`` as one ``COPY`` + ``COMMIT`` per
+    ``batch_rows`` lines on one connection: no parsing, no validation, no task id."""
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    statement = "COPY team(name, description, manager, members) FROM STDIN (FORMAT csv)"
+    with csv.open("rb") as source, psycopg.connect(plain) as con:
+        source.readline()  # the header
+        started = time.perf_counter()
+        while chunk := b"".join(itertools.islice(source, batch_rows)):
+            with con.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.write(chunk)
+            con.commit()
+        return time.perf_counter() - started
+
+
+def import_runs(config: Config, url: str, csv: Path, **env: str) -> list[float]:
+    """Seconds of ``config.runs`` imports of ``csv`` through a server started with ``env``."""
+    seconds: list[float] = []
+    with server(config.work / "imports" / "var-batches", EXHAUST_DATABASE_URL=url, **env) as srv:
+        key = srv.create_key("bench", "admin")
+        base = srv.serve()
+        with httpx.Client(timeout=600) as client:
+            for _ in range(config.runs):
+                started = time.perf_counter()
+                task = wait_task(client, base, key, post_import(client, base, key, csv))
+                seconds.append(time.perf_counter() - started)
+                assert task["status"] == "SUCCESS", task
+    return seconds
+
+
+def floors(config: Config, url: str, csv: Path) -> dict[str, Any]:
+    """psycopg's batched COPY (1,000 and 10,000 lines a batch) and the service's import with
+    batches of 10,000, each beside a ``\\copy`` of the same minutes."""
+    found: dict[str, Any] = {"copy_s": [], "psycopg_1000_s": [], "psycopg_10000_s": []}
+    for _ in range(config.runs):
+        found["copy_s"].append(psql_copy(url, csv))
+        found["psycopg_1000_s"].append(copy_in_batches(url, csv, 1_000))
+        found["psycopg_10000_s"].append(copy_in_batches(url, csv, 10_000))
+    found["import_10000_s"] = import_runs(config, url, csv, EXHAUST_IMPORT_BATCH_ROWS="10000")
+    found["copy_after_s"] = [psql_copy(url, csv) for _ in range(config.runs)]
+    return found
+
+
 def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     rate_rows, big_rows = 200_000, 1_000_000
     small = teams_csv(config.work / "imports" / f"teams_{rate_rows}.csv", rate_rows)
@@ -100,6 +148,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
             found["big_peak_mb"] = proc_status(srv.pid)["VmHWM"] / 1024
             found["big_inserted"] = task["counts"]["inserted"]
             found["stop"] = stop_half_way(client, base, key, big, url)
+        found["floors"] = floors(config, url, small)
     return rows(found, rate_rows, big_rows), {"rows": rate_rows, "big_rows": big_rows}, found
 
 
@@ -132,4 +181,20 @@ def rows(found: dict[str, Any], rate_rows: int, big_rows: int) -> list[Row]:
             f"{stop['status']} in {fmt_s(stop['stop_to_stopped_s'])}, "
             f"{stop['rolled_back']:,} rows rolled back, {stop['rows_left']} left", "", "",
             "STOPPED, 0 rows left", stop["status"] == "STOPPED" and stop["rows_left"] == 0),
+        *floor_rows(found["floors"], rate_rows),
+    ]  # fmt: skip
+
+
+def floor_rows(floor: dict[str, Any], rate_rows: int) -> list[Row]:
+    cp = median(floor["copy_s"] + floor["copy_after_s"])
+    cases = (
+        ("psycopg alone: COPY + COMMIT per 1,000 lines", median(floor["psycopg_1000_s"])),
+        ("psycopg alone: COPY + COMMIT per 10,000 lines", median(floor["psycopg_10000_s"])),
+        ("import (HTTP task), EXHAUST_IMPORT_BATCH_ROWS=10000", median(floor["import_10000_s"])),
+    )
+    return [
+        Row("4", "import floor", f"{case}, {rate_rows:,} rows",
+            f"{rate_rows / seconds:,.0f} rows/s ({fmt_s(seconds)})",
+            f"\\copy {rate_rows / cp:,.0f} rows/s", f"{cp / seconds:.2f}× \\copy", "", None)
+        for case, seconds in cases
     ]  # fmt: skip
