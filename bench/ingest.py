@@ -1,5 +1,7 @@
 """Item 2 — ingest: ``POST /v1/telemetry`` from a concurrent load generator (httpx, threads),
-acknowledged-to-queryable latency, and bulk ``exhaust ingest FILE``."""
+acknowledged-to-queryable latency, and bulk ``exhaust ingest FILE``; beside them, in the same
+run on the same events, the ceilings of ``bench/ingest_ceiling.py`` (bare FastAPI + orjson;
+DuckDB alone; Python parse / canonical JSON / SHA-256 on 1 and 2 processes)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ import httpx
 
 from bench.common import Config, Row, fmt_rate, fmt_s, median, percentile
 from bench.data import CHANNEL, Dataset, dataset
+from bench.ingest_ceiling import (
+    PROCESSES,
+    duckdb_ceilings,
+    http_ceilings,
+    medians,
+    python_ceilings,
+    with_cpu,
+)
 from bench.server import Server, server
 from data_exhaust.lake import Lake
 
@@ -23,9 +33,13 @@ API_TARGET = 50_000  # events/s with batches of 1,000
 P99_TARGET = 0.250
 BULK_TARGET = 200_000
 THREADS = 8
+SIZES = (100, 1000)
 #: Events sent per run and batch size (bounded; the same events, fresh msgids every run).
 API_EVENTS = 20_000
 BULK_EVENTS = 75_000
+#: The HTTP ceilings send the same bodies this many times per run (a bare run of 20 k events
+#: lasts a few tenths of a second, 20 requests for batches of 1,000: too short to time).
+CEILING_REPEAT = 4
 
 
 def read_lines(path: Path, count: int) -> list[bytes]:
@@ -44,9 +58,13 @@ def bodies(lines: list[bytes], size: int) -> list[bytes]:
     return made
 
 
-def _sender(base: str, key: str, work: queue.Queue[bytes], out: list[tuple[float, int]]) -> None:
+def _sender(
+    base: str, key: str, work: queue.Queue[bytes], out: list[tuple[float, int]],
+    ready: threading.Barrier,
+) -> None:  # fmt: skip
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     with httpx.Client(timeout=60, headers=headers) as client:
+        ready.wait(timeout=60)  # building a client (its SSL context) takes ~60 ms: not timed
         while True:
             try:
                 body = work.get_nowait()
@@ -60,17 +78,21 @@ def _sender(base: str, key: str, work: queue.Queue[bytes], out: list[tuple[float
 
 
 def load(base: str, key: str, batch_bodies: list[bytes], threads: int) -> dict[str, Any]:
-    """Send every body from ``threads`` concurrent clients; events/s and batch latencies."""
+    """Send every body from ``threads`` concurrent clients; events/s and batch latencies.
+    The clock starts once every thread has built its client."""
     work: queue.Queue[bytes] = queue.Queue()
     for body in batch_bodies:
         work.put(body)
     results: list[tuple[float, int]] = []
+    ready = threading.Barrier(threads + 1)
     workers = [
-        threading.Thread(target=_sender, args=(base, key, work, results)) for _ in range(threads)
+        threading.Thread(target=_sender, args=(base, key, work, results, ready))
+        for _ in range(threads)
     ]
-    started = time.perf_counter()
     for worker in workers:
         worker.start()
+    ready.wait(timeout=60)
+    started = time.perf_counter()
     for worker in workers:
         worker.join(timeout=600)
     wall = time.perf_counter() - started
@@ -128,9 +150,12 @@ def api_cases(config: Config, ds: Dataset) -> tuple[dict[str, Any], dict[str, An
     with server(config.work / "ingest" / "var") as srv:
         key = srv.create_key(CHANNEL, "ingest")
         srv.serve()
-        for size in (100, 1000):
-            runs = [load(srv.base, key, bodies(lines, size), THREADS) for _ in range(config.runs)]
-            cases[str(size)] = {"runs": runs, **_medians(runs)}
+        for size in SIZES:
+            runs = [
+                with_cpu(load, srv.pid, srv.base, key, bodies(lines, size), THREADS)
+                for _ in range(config.runs)
+            ]
+            cases[str(size)] = {"runs": runs, **medians(runs)}
         lake = srv.data_dir / "lake"
         raw = Lake(lake).stats()
         fresh = queryable_latency(srv, key, lake, lines[0])
@@ -139,42 +164,47 @@ def api_cases(config: Config, ds: Dataset) -> tuple[dict[str, Any], dict[str, An
     return cases, {"raw_lake": raw, "uncompacted": fresh, "after_compaction": compacted}
 
 
-def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("events_per_s", "p50_s", "p99_s", "seconds")
-    return {f"median_{k}": median([r[k] for r in runs]) for k in keys}
-
-
-def bulk(config: Config, ds: Dataset) -> dict[str, Any]:
-    """``exhaust ingest FILE`` wall time (process start included), a fresh lake per run."""
+def bulk_file(config: Config, ds: Dataset) -> tuple[Path, int]:
+    """The JSON-lines file of the bulk row and of the bulk ceilings (the first events)."""
     path = config.work / "bulk.jsonl"
     count = min(BULK_EVENTS, ds.events)
     path.write_bytes(b"\n".join(read_lines(ds.jsonl, count)) + b"\n")
+    return path, count
+
+
+def bulk(config: Config, path: Path, count: int) -> dict[str, Any]:
+    """``exhaust ingest FILE`` wall time (process start included), a fresh lake per run."""
     seconds = []
     for n in range(config.runs):
         with server(config.work / f"bulk-{n}" / "var") as srv:
             started = time.perf_counter()
             srv.run("ingest", str(path))
             seconds.append(time.perf_counter() - started)
-    path.unlink()
     return {"events": count, "seconds": seconds,
             "median_events_per_s": count / median(seconds)}  # fmt: skip
+
+
+def ceilings(config: Config, ds: Dataset, path: Path, count: int) -> dict[str, Any]:
+    """What the framework + JSON parsing, DuckDB alone and Python alone reach here."""
+    lines = read_lines(ds.jsonl, min(API_EVENTS, ds.events))
+    by_size = {size: bodies(lines, size) * CEILING_REPEAT for size in SIZES}
+    return {
+        "http": http_ceilings(config, load, by_size, THREADS),
+        "duckdb": duckdb_ceilings(path, count, config.runs),
+        "python": python_ceilings(path, count, config.runs),
+    }
 
 
 def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     ds = dataset(config.scale)
     cases, queryable = api_cases(config, ds)
-    bulk_result = bulk(config, ds)
-    rows = []
-    for size, case in cases.items():
-        rate, p99 = case["median_events_per_s"], case["median_p99_s"]
-        target = size == "1000"
-        rows.append(Row(
-            "2", "ingest POST /v1/telemetry", f"batches of {size}, {THREADS} clients",
-            f"{fmt_rate(rate, 'events/s')}, p50 {fmt_s(case['median_p50_s'])}, p99 {fmt_s(p99)}",
-            "", f"{rate / API_TARGET:.2f}× target" if target else "",
-            f"≥ {API_TARGET:,}/s, p99 < 250 ms" if target else "",
-            (rate >= API_TARGET and p99 < P99_TARGET) if target else None,
-        ))  # fmt: skip
+    path, count = bulk_file(config, ds)
+    try:
+        bulk_result = bulk(config, path, count)
+        found = ceilings(config, ds, path, count)
+    finally:
+        path.unlink()
+    rows = [*api_rows(cases), *http_ceiling_rows(found["http"])]
     raw, compacted = queryable["uncompacted"], queryable["after_compaction"]
     rows.append(Row(
         "2", "ingest ack → queryable", f"{queryable['raw_lake']['raw_bytes'] / 1e6:,.0f} MB raw",
@@ -186,6 +216,81 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
         fmt_rate(rate, "events/s"), "", f"{rate / BULK_TARGET:.2f}× target",
         f"≥ {BULK_TARGET:,}/s", rate >= BULK_TARGET,
     ))  # fmt: skip
-    inputs = {"dataset": ds.info(), "threads": THREADS, "api_events_per_run": len(
-        read_lines(ds.jsonl, min(API_EVENTS, ds.events)))}  # fmt: skip
-    return rows, inputs, {"api": cases, "queryable": queryable, "bulk": bulk_result}
+    rows += bulk_ceiling_rows(found, count)
+    api_events = len(read_lines(ds.jsonl, min(API_EVENTS, ds.events)))
+    inputs = {"dataset": ds.info(), "threads": THREADS, "api_events_per_run": api_events,
+              "ceiling_events_per_run": api_events * CEILING_REPEAT}  # fmt: skip
+    measurements = {"api": cases, "queryable": queryable, "bulk": bulk_result, "ceilings": found}
+    return rows, inputs, measurements
+
+
+def _latencies(case: dict[str, Any]) -> str:
+    rate = fmt_rate(case["median_events_per_s"], "events/s")
+    cpu = (f"CPU/event: server {case['median_server_cpu_us_per_event']:.0f} µs, "
+           f"client {case['median_client_cpu_us_per_event']:.0f} µs")  # fmt: skip
+    return f"{rate}, p50 {fmt_s(case['median_p50_s'])}, p99 {fmt_s(case['median_p99_s'])}; {cpu}"
+
+
+def api_rows(cases: dict[str, Any]) -> list[Row]:
+    rows = []
+    for size, case in cases.items():
+        rate, p99 = case["median_events_per_s"], case["median_p99_s"]
+        target = size == "1000"
+        rows.append(Row(
+            "2", "ingest POST /v1/telemetry", f"batches of {size}, {THREADS} clients",
+            _latencies(case), "", f"{rate / API_TARGET:.2f}× target" if target else "",
+            f"≥ {API_TARGET:,}/s, p99 < 250 ms" if target else "",
+            (rate >= API_TARGET and p99 < P99_TARGET) if target else None,
+        ))  # fmt: skip
+    return rows
+
+
+def http_ceiling_rows(http: dict[str, Any]) -> list[Row]:
+    """Ceiling rows: same bodies, same load, bare FastAPI (no auth, no storage)."""
+    names = {"parse": "read body + orjson.loads", "read_only": "read body only"}
+    rows = []
+    for variant, label in names.items():
+        for size, case in http[variant].items():
+            ratio = case["median_events_per_s"] / API_TARGET
+            rows.append(Row(
+                "2", "ingest ceiling: bare FastAPI POST",
+                f"{label}, batches of {size}, {THREADS} clients, "
+                f"{case['runs'][0]['accepted']:,} events", _latencies(case), "",
+                f"{ratio:.2f}× target" if size == "1000" else "",
+            ))  # fmt: skip
+    return rows
+
+
+def bulk_ceiling_rows(found: dict[str, Any], count: int) -> list[Row]:
+    """Ceiling rows on the bulk row's file: DuckDB alone, Python alone on 1 and 2 processes."""
+    duck, rows = found["duckdb"], []
+    columns = len(duck["columns"].split(","))
+    for key, label in (("count", "read_json → count(*)"), ("to_parquet", "read_json → Parquet")):
+        rate = duck[key]["median_events_per_s"]
+        rows.append(Row(
+            "2", f"ingest ceiling: DuckDB {label}",
+            f"{count:,} events, {duck['threads']} threads"
+            + (f", {columns} flattened columns" if key == "to_parquet" else ""),
+            f"{fmt_rate(rate, 'events/s')} ({fmt_s(duck[key]['median_s'])})", "",
+            f"{rate / BULK_TARGET:.2f}× target",
+        ))  # fmt: skip
+    labels = {"loads": "orjson.loads", "loads_dumps_sha256": "loads + sorted dumps + sha256"}
+    for key, label in labels.items():
+        one = found["python"][key]["one_process"]
+        many = found["python"][key][f"{PROCESSES}_processes"]
+        rows.append(Row(
+            "2", f"ingest ceiling: Python {label}", f"{count:,} events, per line",
+            f"1 process {fmt_rate(one['median_events_per_s'], 'events/s')} "
+            f"({one['median_cpu_s'] / count * 1e6:.1f} µs CPU/event); {PROCESSES} processes "
+            f"{fmt_rate(many['median_events_per_s'], 'events/s')} wall, "
+            f"{fmt_rate(many['cpu_bound_events_per_s'], 'events/s')} by CPU time"
+            f"{_one_worker(many)}", "",
+            f"{many['median_events_per_s'] / BULK_TARGET:.2f}× target ({PROCESSES} processes)",
+        ))  # fmt: skip
+    return rows
+
+
+def _one_worker(pooled: dict[str, Any]) -> str:
+    """A warning when a pool run had one worker do both halves (its figure is then 1 core)."""
+    alone = sum(run["workers"] < PROCESSES for run in pooled["runs"])
+    return f" ({alone} run(s) on fewer workers)" if alone else ""

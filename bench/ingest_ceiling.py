@@ -1,0 +1,201 @@
+"""Ceilings of item 2 (ingest), measured in the same run on the same events as the service:
+what any implementation in this architecture can reach on this machine.
+
+* HTTP: ``bench/bare_ingest_app.py`` (bare FastAPI, the uvicorn settings of ``exhaust serve``)
+  driven by the same ``load()`` with the same bodies: read + ``orjson.loads``, and read only.
+* Bulk, on the JSON-lines file of the ``exhaust ingest FILE`` row: DuckDB alone (``read_json``
+  → ``count(*)``, and → Parquet of a few flattened columns), and Python alone (``orjson.loads``
+  per line; plus canonical JSON and SHA-256, the least the ingest does per event) on one
+  process and on a ``multiprocessing`` pool of 2 over the two halves of the file.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable
+from hashlib import sha256
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from bench.common import Config, median
+from bench.server import Server
+
+#: The flattened columns the DuckDB → Parquet ceiling writes (a subset of the lake's).
+PARQUET_COLUMNS = (
+    "eid, ets, mid, context.channel AS channel, context.rollup.l2 AS conversation_id, "
+    "actor.id AS actor_id, context.sid AS session_id, edata.item.id AS item_id, "
+    "edata.score AS score, edata.duration AS duration"
+)
+PROCESSES = 2
+MEDIAN_KEYS = ("events_per_s", "p50_s", "p99_s", "seconds", "server_cpu_us_per_event",
+               "client_cpu_us_per_event")  # fmt: skip
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+Loader = Callable[[str, str, list[bytes], int], dict[str, Any]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(
+    load: Loader, pid: int, base: str, key: str, bodies: list[bytes], threads: int
+) -> dict[str, Any]:
+    """``load(...)`` plus the CPU the server process ``pid`` and this (client) process used,
+    per accepted event: what each side would cost with a core to itself."""
+    server, client = cpu_seconds(pid), time.process_time()
+    result = load(base, key, bodies, threads)
+    server, client = cpu_seconds(pid) - server, time.process_time() - client
+    events = max(1, result["accepted"])
+    return {**result, "server_cpu_s": server, "client_cpu_s": client,
+            "server_cpu_us_per_event": server / events * 1e6,
+            "client_cpu_us_per_event": client / events * 1e6}  # fmt: skip
+
+
+def http_ceilings(
+    config: Config, load: Loader, bodies_by_size: dict[int, list[bytes]], threads: int
+) -> dict[str, Any]:
+    """``{"parse": {size: case}, "read_only": {size: case}}`` against the bare ingest app."""
+    bare = Server(config.work / "bare-ingest" / "var")
+    bare.data_dir.mkdir(parents=True, exist_ok=True)
+    found: dict[str, Any] = {"parse": {}, "read_only": {}}
+    try:
+        base = bare.start([sys.executable, "-m", "bench.bare_ingest_app", "{port}"])
+        for size, bodies in bodies_by_size.items():
+            urls = {"parse": base, "read_only": f"{base}/noparse/{size}"}
+            for variant, url in urls.items():
+                runs = [
+                    with_cpu(load, bare.pid, url, "bare", bodies, threads)
+                    for _ in range(config.runs)
+                ]
+                found[variant][str(size)] = {"runs": runs, **medians(runs)}
+    finally:
+        bare.stop_all()
+    return found
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {f"median_{k}": median([r[k] for r in runs]) for k in MEDIAN_KEYS}
+
+
+# -- bulk: DuckDB alone --------------------------------------------------------------------
+
+
+def duckdb_ceilings(path: Path, events: int, runs: int) -> dict[str, Any]:
+    """``read_json`` of ``path`` → ``count(*)``, and → Parquet of :data:`PARQUET_COLUMNS`."""
+    source = f"read_json('{path}', format='newline_delimited')"
+    out = path.with_suffix(".parquet")
+    count_s, copy_s = [], []
+    with duckdb.connect() as con:
+        threads = con.execute("SELECT current_setting('threads')").fetchone()
+        for _ in range(runs):
+            started = time.perf_counter()
+            row = con.execute(f"SELECT count(*) FROM {source}").fetchone()
+            count_s.append(time.perf_counter() - started)
+            if not row or row[0] != events:
+                raise RuntimeError(f"DuckDB counted {row} events, expected {events}")
+            started = time.perf_counter()
+            con.execute(
+                f"COPY (SELECT {PARQUET_COLUMNS} FROM {source}) TO '{out}' (FORMAT parquet)"
+            )
+            copy_s.append(time.perf_counter() - started)
+            out.unlink()
+    return {
+        "threads": threads[0] if threads else None, "columns": PARQUET_COLUMNS,
+        "count": _rates(events, count_s), "to_parquet": _rates(events, copy_s),
+    }  # fmt: skip
+
+
+def _rates(events: int, seconds: list[float]) -> dict[str, Any]:
+    return {"seconds": seconds, "median_s": median(seconds),
+            "median_events_per_s": events / median(seconds)}  # fmt: skip
+
+
+# -- bulk: Python alone --------------------------------------------------------------------
+
+
+def python_pass(path: str, start: int, end: int, canonical: bool) -> tuple[int, int, float]:
+    """Parse every line of ``path`` in bytes ``[start, end)`` (and, when ``canonical``, make
+    its sorted compact JSON and SHA-256 hex digest); (pid, lines, CPU seconds)."""
+    cpu = time.process_time()
+    lines, left = 0, end - start
+    with open(path, "rb") as source:
+        source.seek(start)
+        for line in source:
+            if left <= 0:
+                break
+            left -= len(line)
+            event = orjson.loads(line)
+            if canonical:
+                sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            lines += 1
+    return os.getpid(), lines, time.process_time() - cpu
+
+
+def halves(path: Path) -> list[tuple[int, int]]:
+    """Byte ranges of the two halves of ``path``, split after a newline."""
+    size = path.stat().st_size
+    with path.open("rb") as source:
+        source.seek(size // 2)
+        source.readline()
+        middle = source.tell()
+    return [(0, middle), (middle, size)]
+
+
+def python_ceilings(path: Path, events: int, runs: int) -> dict[str, Any]:
+    """Both passes on one process (this one), then on a pool of :data:`PROCESSES` (started
+    only then, so that its start-up does not overlap the single-process runs); wall time."""
+    passes = {"loads": False, "loads_dumps_sha256": True}
+    found: dict[str, Any] = {}
+    for name, canonical in passes.items():
+        one = [_one_process(path, events, canonical) for _ in range(runs)]
+        found[name] = {"one_process": _summary(events, one)}
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process with DuckDB's threads
+    with spawn.Pool(PROCESSES) as pool:
+        for name, canonical in passes.items():
+            _pooled(pool, path, events, canonical)  # warm-up: both workers started and idle
+            two = [_pooled(pool, path, events, canonical) for _ in range(runs)]
+            found[name][f"{PROCESSES}_processes"] = _summary(events, two)
+    return found
+
+
+def _one_process(path: Path, events: int, canonical: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    _, lines, cpu = python_pass(str(path), 0, path.stat().st_size, canonical)
+    wall = time.perf_counter() - started
+    _check(lines, events)
+    return {"seconds": wall, "cpu_s": cpu}
+
+
+def _pooled(pool: Pool, path: Path, events: int, canonical: bool) -> dict[str, Any]:
+    ranges = [(str(path), start, end, canonical) for start, end in halves(path)]
+    started = time.perf_counter()
+    parts = pool.starmap(python_pass, ranges, chunksize=1)
+    wall = time.perf_counter() - started
+    _check(sum(lines for _, lines, _ in parts), events)
+    return {"seconds": wall, "cpu_s": [cpu for *_, cpu in parts],
+            "workers": len({pid for pid, *_ in parts})}  # fmt: skip
+
+
+def _check(lines: int, events: int) -> None:
+    if lines != events:
+        raise RuntimeError(f"parsed {lines} lines, expected {events}")
+
+
+def _summary(events: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of wall time and of CPU time (of the busiest worker): the CPU figure is what
+    the wall time would be with every process on a core of its own (load-independent)."""
+    seconds = median([r["seconds"] for r in runs])
+    cpu = median([max(r["cpu_s"]) if isinstance(r["cpu_s"], list) else r["cpu_s"] for r in runs])
+    return {"runs": runs, "median_s": seconds, "median_events_per_s": events / seconds,
+            "median_cpu_s": cpu, "cpu_bound_events_per_s": events / cpu}  # fmt: skip
