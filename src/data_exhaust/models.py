@@ -102,6 +102,7 @@ class JobRequest(Base):
         Index("ix_job_request_claim", "status", "run_after"),
         Index("uq_job_request_request_id", "request_id", unique=True),
         Index("ix_job_request_channel_submitted", "requested_channel", "dt_job_submitted"),
+        Index("ix_job_request_tag_submitted", "tag", "dt_job_submitted"),
     )
 
 
