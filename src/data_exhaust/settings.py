@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A due job waiting this long with no message is re-published."
     )
     workers: int = Field(2, ge=0, le=64, description="Concurrent jobs per process (0: API only).")
+    api_threads: int = Field(
+        4, ge=1, le=512, description="Threads the API runs blocking work in (database reads)."
+    )
     run_schedule: str = Field("on-demand", description="'on-demand' or a cron expression.")
     url_ttl_seconds: int = Field(1800, ge=1, description="Lifetime of a signed download URL.")
     key_cache_seconds: float = Field(

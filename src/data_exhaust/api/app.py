@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -53,12 +54,23 @@ Every route but `/health` and `/download/…` needs `Authorization: Bearer <API 
 (create one with `exhaust keys create`); dataset routes also need `X-Channel-ID`."""
 
 
+def limit_threads(count: int) -> None:
+    """Run the API's blocking work (sync endpoints, key lookups, ingest) on ``count`` threads.
+
+    AnyIO's default is 40. Each of them gives up the GIL in every SQLite step or socket read
+    and must win it back from the others: at 64 clients, list (ten rows, ten such waits) ran
+    at 229 req/s with 40 threads and 467 with 4 on SQLite (258 and 278-367 on Postgres); read
+    did not get slower (bench/README.md, API)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = count
+
+
 def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     """The API over ``services``; with ``run_executor`` it also runs the configured executor
     (embedded worker threads, or the Celery publisher and sweeper)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_threads(services.settings.api_threads)
         if run_executor and services.executor is None:
             services.executor = services.make_executor()
             services.executor.start()
