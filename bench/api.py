@@ -84,13 +84,26 @@ def measure(url: str, make: Callable[[int], bytes], runs: int) -> dict[str, Any]
     return {"runs": results, **{f"median_{k}": median([r[k] for r in results]) for k in keys}}
 
 
+#: The bare app's routes: the constant, and the constant behind the read route's shape.
+SHAPES = {
+    "shaped": "/shaped/seed?requestId=ABC",
+    "shaped_sync": "/shaped-sync/seed?requestId=ABC",
+}
+
+
 def bare_ceiling(config: Config) -> dict[str, Any]:
+    """The bare route (``"constant"`` at the top level, as before) and the shaped ones."""
     bare = Server(config.work / "bare" / "var")
     bare.data_dir.mkdir(parents=True, exist_ok=True)
+    headers = {"Authorization": "Bearer not-a-key", "X-Channel-ID": CHANNEL}
     try:
         base = bare.start([sys.executable, "-m", "bench.bare_app", "{port}"], "/constant")
         make = request_bytes("GET", f"{base}/constant", {})[2]
-        return measure(base, lambda n: make, config.runs)
+        found = measure(base, lambda n: make, config.runs)
+        for name, path in SHAPES.items():
+            shaped = request_bytes("GET", f"{base}{path}", headers)[2]
+            found[name] = measure(base, lambda n, shaped=shaped: shaped, config.runs)
+        return found
     finally:
         bare.stop_all()
 
@@ -116,6 +129,17 @@ def _row(db: str, op: str, m: dict[str, Any], ceiling: float) -> Row:
     )  # fmt: skip
 
 
+def _shape_row(name: str, m: dict[str, Any], ceiling: float) -> Row:
+    how = "async endpoint" if name == "shaped" else "sync endpoint (thread-pool hop)"
+    return Row(
+        "3", "API ceiling: read route's parameters and dependencies, no database",
+        f"{how}, {CLIENTS} clients",
+        f"{m['median_rps']:,.0f} req/s, p50 {m['median_p50_ms']:.0f} ms, "
+        f"p99 {m['median_p99_ms']:.0f} ms",
+        f"bare route {ceiling:,.0f} req/s", f"{m['median_rps'] / ceiling:.2f}× bare",
+    )  # fmt: skip
+
+
 def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     bare = bare_ceiling(config)
     results: dict[str, Any] = {"bare": bare, "sqlite": backend(config, "sqlite", None)}
@@ -127,6 +151,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
             f"{ceiling:,.0f} req/s, p50 {bare['median_p50_ms']:.0f} ms, "
             f"p99 {bare['median_p99_ms']:.0f} ms", "", "1.00× (ceiling)"),
     ]  # fmt: skip
+    rows += [_shape_row(name, bare[name], ceiling) for name in SHAPES]
     for db in ("sqlite", "postgres"):
         rows += [_row(db, op, results[db][op], ceiling) for op in ("submit", "read", "list")]
     inputs = {"clients": CLIENTS, "requests_per_run": REQUESTS, "time_limit_s": LIMIT_S,

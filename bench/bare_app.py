@@ -1,18 +1,68 @@
-"""The framework's own ceiling: a bare FastAPI route returning a constant, served by uvicorn
-with the settings ``exhaust serve`` uses (one process, ``log_level="warning"``)."""
+"""The framework's own ceilings, served by uvicorn with the settings ``exhaust serve`` uses
+(one process, ``log_level="warning"``):
+
+* ``/constant``: a bare FastAPI route returning a constant;
+* ``/shaped/{tag}`` and ``/shaped-sync/{tag}``: the same constant behind the *shape* of the
+  service's read route (a path parameter, a query parameter, an ``X-Channel-ID`` header and
+  the chain of async dependencies ``get_services`` → ``authenticate`` → ``check`` with its
+  ``Authorization`` header), without any key lookup or database; the ``-sync`` one is a plain
+  ``def`` endpoint, which FastAPI runs in its thread pool as it does the service's read.
+  They show what FastAPI's parameter and dependency handling, and the thread hop, cost.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, Query, Request
 
 app = FastAPI()
 CONSTANT = {"id": "api.bench", "ver": "1.0", "responseCode": "OK", "result": {"ok": True}}
+SERVICES = object()
 
 
 @app.get("/constant")
 async def constant() -> dict[str, object]:
+    return CONSTANT
+
+
+async def get_services(request: Request) -> object:
+    return SERVICES
+
+
+async def authenticate(
+    request: Request,
+    services: Annotated[object, Depends(get_services)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    return (authorization or "").partition(" ")[2]
+
+
+async def check(caller: Annotated[str, Depends(authenticate)]) -> str:
+    return caller
+
+
+Shaped = Annotated[str, Depends(check)]
+
+
+@app.get("/shaped/{tag}")
+async def shaped(
+    tag: str,
+    caller: Shaped,
+    request_id: Annotated[str | None, Query(alias="requestId")] = None,
+    x_channel_id: Annotated[str | None, Header()] = None,
+) -> dict[str, object]:
+    return CONSTANT
+
+
+@app.get("/shaped-sync/{tag}")
+def shaped_sync(
+    tag: str,
+    caller: Shaped,
+    request_id: Annotated[str | None, Query(alias="requestId")] = None,
+    x_channel_id: Annotated[str | None, Header()] = None,
+) -> dict[str, object]:
     return CONSTANT
 
 
