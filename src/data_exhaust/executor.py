@@ -41,6 +41,11 @@ class Executor(ABC):
     def status(self) -> dict[str, object]:
         return {"executor": self.name}
 
+    def stop_running(self, request_id: str) -> bool:
+        """Stop job ``request_id`` at once if this process runs it; False otherwise (the
+        durable stop flag reaches it through its heartbeat)."""
+        return False
+
     def serve(self) -> None:
         """Run jobs in this process until SIGINT / SIGTERM, then let running ones finish."""
         done = threading.Event()
@@ -65,6 +70,9 @@ class InlineExecutor(Executor):
     def notify(self) -> None:
         while self.worker.run_one():
             pass
+
+    def stop_running(self, request_id: str) -> bool:
+        return self.worker.stop_running(request_id)
 
     def shutdown(self, wait: bool = True) -> None:
         return None
@@ -108,6 +116,9 @@ class EmbeddedExecutor(Executor):
         with self._wake:
             self._pending += 1
             self._wake.notify()
+
+    def stop_running(self, request_id: str) -> bool:
+        return self.worker.stop_running(request_id)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking jobs; running ones finish (their leases keep them safe otherwise)."""

@@ -67,6 +67,15 @@ class Services:
         if self.executor is not None:
             self.executor.notify()
 
+    def stop_job(self, request_id: str, tag: str | None = None) -> Job:
+        """Stop a job (:meth:`JobManager.stop`: the durable flag every worker reads), and at
+        once if this process's executor is running it: without the heartbeat's delay, a stop
+        also wins against a worker whose heartbeat waits for SQLite's write lock."""
+        job = self.jobs.stop(request_id, tag)
+        if job.stop_requested and self.executor is not None:
+            self.executor.stop_running(job.request_id)
+        return job
+
     def worker(self, name: str | None = None) -> Worker:
         return Worker(
             self.jobs,

@@ -165,6 +165,8 @@ class Worker:
         self.datasets, self.settings, self.registry = datasets, settings, registry
         self.queries = queries
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._running: dict[str, JobContext] = {}
+        self._running_lock = threading.Lock()
 
     def run_one(self) -> bool:
         """Claim one due job and run it to its end; False when nothing was due."""
@@ -184,6 +186,8 @@ class Worker:
             ctx.request_stop()
         heartbeat = _Heartbeat(self.jobs, ctx, self.settings.lease_seconds)
         started = time.monotonic()
+        with self._running_lock:
+            self._running[job.request_id] = ctx
         log.info(
             "job.started", request_id=job.request_id, dataset=job.dataset, owner=job.lease_owner
         )
@@ -191,9 +195,22 @@ class Worker:
         try:
             self._run(job, ctx, started)
         finally:
+            with self._running_lock:
+                self._running.pop(job.request_id, None)
             heartbeat.stop()
             ctx.close()
             release_free_memory()
+
+    def stop_running(self, request_id: str) -> bool:
+        """Stop job ``request_id`` now if this worker is running it (its next checkpoint
+        raises, a DuckDB query in flight is interrupted); False if it runs elsewhere, where
+        its heartbeat reads the durable stop flag within a second or so."""
+        with self._running_lock:
+            ctx = self._running.get(request_id)
+        if ctx is None:
+            return False
+        ctx.request_stop()
+        return True
 
     def _run(self, job: Job, ctx: JobContext, started: float) -> None:
         def elapsed() -> int:

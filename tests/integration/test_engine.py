@@ -217,3 +217,18 @@ def test_cron_schedule_holds_jobs_until_replay(services: Services) -> None:
     assert services.jobs.release("test-counting") == 1
     assert services.worker().run_one() is True
     assert status_of(services, job) == Status.SUCCESS
+
+
+def test_a_stop_reaches_a_job_of_this_process_without_its_heartbeat(services: Services) -> None:
+    """The embedded worker is told at once: ``jobs.stop`` (the durable flag its heartbeat reads)
+    is never called here, so the job (100,000 slow rows, ~100 s) can only end STOPPED through
+    the in-process path."""
+    with started("embedded", services) as executor:
+        job, _ = services.jobs.submit(submission(rows=100_000, delay=0.05, batch=50))
+        services.notify()
+        wait_for(lambda: services.jobs.get(job.request_id).progress.get("rowsWritten", 0) > 0)
+        assert executor.stop_running(job.request_id) is True
+        wait_for(lambda: status_of(services, job) == Status.STOPPED)
+        assert services.jobs.get(job.request_id).message == "stopped on request"
+        assert executor.stop_running(job.request_id) is False  # no longer running here
+    assert list(services.blobs.keys("test-counting/")) == []

@@ -192,7 +192,7 @@ def stop_request(
     """Stop a job: a waiting one at once, a running one at its next checkpoint (≤ 5 s)."""
     channel = channel_of(caller, x_channel_id)
     try:
-        job = services.jobs.stop(require_request_id(request_id), stored_tag(tag, channel))
+        job = services.stop_job(require_request_id(request_id), stored_tag(tag, channel))
     except JobNotFound as exc:
         raise ApiError("RESOURCE_NOT_FOUND", str(exc)) from None
     except JobConflict as exc:

@@ -84,7 +84,7 @@ def stop(services: Services, task_id: str) -> tuple[str, Job]:
     """Stop a task; what happened (stopped, stopping, already finished) and the task."""
     job = find_task(services, task_id)
     try:
-        job = services.jobs.stop(job.request_id)
+        job = services.stop_job(job.request_id)
     except JobConflict:
         job = find_task(services, task_id)
         if job.status in FINISHED:
