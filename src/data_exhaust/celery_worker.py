@@ -37,9 +37,7 @@ log = structlog.get_logger(__name__)
 def run_worker(executor: CeleryExecutor) -> None:
     """Run a Celery worker on the executor's queue until a warm shutdown (SIGTERM, Ctrl-C)."""
     from data_exhaust.celery_executor import owner_prefix
-    from data_exhaust.heap import use_system_allocator
 
-    use_system_allocator()
     watchdog = StopWatchdog(executor.services, executor.options.stop_grace_seconds, owner_prefix)
     executor.watchdog = watchdog.check
     worker = executor.app.Worker(

@@ -4,9 +4,9 @@ collector, and freed memory given back to the system."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 from collections.abc import Callable
+from functools import cache
 
 
 def freeze_heap() -> None:
@@ -22,17 +22,15 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+@cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None on another C library (musl, macOS)."""
+    """glibc's ``malloc_trim`` (looked up in the running program, at the first job, not at
+    import: the CLI imports this module), or None on another C library (musl, macOS)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     return trim
-
-
-_TRIM = _malloc_trim()
 
 
 def release_free_memory() -> None:
@@ -43,16 +41,18 @@ def release_free_memory() -> None:
     at its peak and crept up from job to job (bench/README.md, memory). ``malloc_trim(0)``
     returns it; it takes well under a millisecond when there is little to return.
     """
-    if _TRIM is not None:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def use_system_allocator() -> None:
     """Make pyarrow allocate with the C library's ``malloc`` (its default is mimalloc) in a
-    process that runs jobs, so that :func:`release_free_memory` can return an export's Arrow
-    buffers too. Measured on the 100 k-row export: mimalloc's retained pages made the server's
-    peak creep from ~300 to ~325 MB over three exports; with malloc and the trim it stayed at
-    ~295 MB (bench/README.md, memory)."""
+    process that runs jobs (:meth:`Services.make_executor` calls it), so that
+    :func:`release_free_memory` can return an export's Arrow buffers too. Measured on the
+    100 k-row export: mimalloc's retained pages made the server's peak creep from ~300 to
+    ~325 MB over three exports; with malloc and the trim it stayed at ~295 MB
+    (bench/README.md, memory)."""
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())

@@ -14,6 +14,7 @@ from data_exhaust.audit import AuditLog
 from data_exhaust.datasets import Dataset, load_datasets
 from data_exhaust.db import make_engine
 from data_exhaust.executor import EmbeddedExecutor, Executor
+from data_exhaust.heap import use_system_allocator
 from data_exhaust.ingest import Ingestor
 from data_exhaust.jobs import Job
 from data_exhaust.keys import KeyStore
@@ -92,8 +93,11 @@ class Services:
         """The executor ``EXHAUST_EXECUTOR`` names (the one place that choice is made).
 
         ``embedded``: worker threads in this process; ``celery``: publishes jobs to the broker
-        and sweeps for lost messages here, while ``exhaust worker`` processes run them.
+        and sweeps for lost messages here, while ``exhaust worker`` processes run them. Every
+        process that runs jobs comes here, so this is where pyarrow is put on ``malloc``
+        (:func:`use_system_allocator`: the worker returns an export's memory after each job).
         """
+        use_system_allocator()
         if self.settings.executor == "celery":
             from data_exhaust.celery_executor import CeleryExecutor
 

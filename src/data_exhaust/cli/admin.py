@@ -10,7 +10,7 @@ from rich.console import Console
 
 from data_exhaust.cli.tables import print_table
 from data_exhaust.constants import SCOPES
-from data_exhaust.heap import freeze_heap, use_system_allocator
+from data_exhaust.heap import freeze_heap
 
 if TYPE_CHECKING:
     from data_exhaust.services import Services
@@ -48,7 +48,6 @@ def serve(
     if first_run:
         _first_run(svc, host, port)
     app = create_app(svc)
-    use_system_allocator()
     freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -90,8 +90,8 @@ def utc_day(epoch_ms: int) -> date:
 def non_empty(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
     """``reader`` again, or :class:`NoDataFound` if it yields no rows (decided on one batch).
 
-    For a dataset that does not count its rows first (the response exhaust does, to cut its
-    slices, and knows there are rows): the job's rowsTotal stays unknown.
+    Datasets that do not count their rows first use it to find out; the response exhaust
+    counts them (its slices) and keeps it only for rows that vanish between count and read.
     """
     batches: Iterator[pa.RecordBatch] = iter(reader)
     for batch in batches:
