@@ -97,19 +97,21 @@ def copy_in_batches(url: str, csv: Path, batch_rows: int) -> float:
         return time.perf_counter() - started
 
 
+def timed_import(client: httpx.Client, base: str, key: str, csv: Path) -> float:
+    """Seconds from the upload of ``csv`` to the task's SUCCESS."""
+    started = time.perf_counter()
+    task = wait_task(client, base, key, post_import(client, base, key, csv))
+    assert task["status"] == "SUCCESS", task
+    return time.perf_counter() - started
+
+
 def import_runs(config: Config, url: str, csv: Path, **env: str) -> list[float]:
     """Seconds of ``config.runs`` imports of ``csv`` through a server started with ``env``."""
-    seconds: list[float] = []
     with server(config.work / "imports" / "var-batches", EXHAUST_DATABASE_URL=url, **env) as srv:
         key = srv.create_key("bench", "admin")
         base = srv.serve()
         with httpx.Client(timeout=600) as client:
-            for _ in range(config.runs):
-                started = time.perf_counter()
-                task = wait_task(client, base, key, post_import(client, base, key, csv))
-                seconds.append(time.perf_counter() - started)
-                assert task["status"] == "SUCCESS", task
-    return seconds
+            return [timed_import(client, base, key, csv) for _ in range(config.runs)]
 
 
 def floors(config: Config, url: str, csv: Path) -> dict[str, Any]:
@@ -136,10 +138,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
         base = srv.serve()
         with httpx.Client(timeout=600) as client:
             for _ in range(config.runs):
-                started = time.perf_counter()
-                task = wait_task(client, base, key, post_import(client, base, key, small))
-                found["import_s"].append(time.perf_counter() - started)
-                assert task["status"] == "SUCCESS", task
+                found["import_s"].append(timed_import(client, base, key, small))
                 found["copy_s"].append(psql_copy(url, small))
             reset_peak(srv.pid)
             started = time.perf_counter()
