@@ -67,7 +67,9 @@ def test_two_workers_never_run_one_job_twice(deployment: Deployment, tmp_path: P
     base, auth = api_only(deployment)
     for _ in range(2):
         deployment.start("worker", "--threads", "3")
-    ids = [submit(base, auth, "many", rows=n * 10, delay=0.01) for n in range(1, 41)]
+    # ~0.1-0.4 s a job, ~3 s of work for one worker's 3 threads: several of the other worker's
+    # 1 s polls fall inside it (with 0.01 s per batch one worker could drain the queue first)
+    ids = [submit(base, auth, "many", rows=n * 10, delay=0.1) for n in range(1, 41)]
     wait_until(lambda: all(read(base, auth, "many", i)["status"] == "SUCCESS" for i in ids), 180)
     runs = [line.split() for line in run_log.read_text().splitlines()]
     assert Counter(request_id for request_id, _ in runs) == Counter(ids)  # each exactly once
