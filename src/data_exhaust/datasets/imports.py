@@ -5,7 +5,9 @@ names it (``blobKey``), with ``strict`` and the original ``fileName``. The run s
 blob through :mod:`data_exhaust.import_core` in batches of ``EXHAUST_IMPORT_BATCH_ROWS``, one
 transaction each, every row tagged with the task id (the job's requestId), and checkpoints
 after every batch: a stop request raises there, and the worker then calls :meth:`rollback`,
-which deletes the task's rows, as it does after a failure. A finished import stays.
+which deletes the task's rows, as it does after a failure. A finished import stays. A run
+first deletes whatever an earlier, killed execution of the same task committed, so a task
+that a restart (or another worker) finishes has every row exactly once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import io
 from abc import abstractmethod
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, ClassVar
+
+import structlog
 
 from data_exhaust.csv_lines import ImportFormatError
 from data_exhaust.datasets.base import (
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from data_exhaust.storage import BlobStore
 
 UPLOADS = "uploads/"
+log = structlog.get_logger(__name__)
 
 
 class BlobSource(io.RawIOBase):
@@ -103,6 +108,7 @@ class ImportDataset(Dataset):
 
     def run(self, ctx: RunContext) -> list[OutputFile]:
         key = ctx.job.config["blobKey"]
+        self.undo_earlier_attempt(ctx)
         total = count_lines(ctx.blobs, key)
         ctx.details.update({"total": total, "done": 0, "rolledBack": 0})
         ctx.checkpoint(0, total)
@@ -124,6 +130,14 @@ class ImportDataset(Dataset):
         ctx.details.update(task_counts(result))
         ctx.blobs.delete_prefix(key)
         return []
+
+    def undo_earlier_attempt(self, ctx: RunContext) -> None:
+        """Remove what an earlier execution of this task left: a worker killed mid-import
+        never rolled back its committed batches, and the task runs again (under the same task
+        id) once its lease expires. Without this, those rows would be there twice."""
+        left = self.undo(ctx.registry, ctx.job.request_id)
+        if left:
+            log.warning("import.earlier_attempt_undone", request_id=ctx.job.request_id, rows=left)
 
     def rollback(self, job: Job, registry: Registry) -> int | None:
         return self.undo(registry, job.request_id)
