@@ -6,8 +6,10 @@ batches, checkpoints and strict mode."""
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Generator, Iterable, Iterator
-from contextlib import closing, contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from itertools import chain, islice
@@ -17,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import structlog
 from sqlalchemy import Connection
 
 from data_exhaust.csv_lines import (
@@ -33,6 +36,8 @@ from data_exhaust.csv_lines import (
     records,
 )
 from data_exhaust.import_core import ImportResult, Plan, after_batch
+
+log = structlog.get_logger(__name__)
 
 PIECE_RECORDS = 10_000  # records per piece when a file is read record by record
 #: what ``str.strip()`` removes, for pyarrow's ``utf8_trim`` (the row path strips values)
@@ -59,33 +64,79 @@ def columnar_pass(plan: Plan, source: Source, *, write: bool, strict: bool) -> I
     with (
         opened(source) as counted,
         closing(_ahead(_checked(plan, counted))) as checked,
-        _connection(plan, write) as connection,
+        _connections(plan, write) as connections,
+        closing(_Committers(plan, connections)) as committers,  # drained before they close
     ):
-        batches = _Batches(plan, result, connection, counted)
-        for table, numbers, problems, records_read in checked:
-            if strict and problems:
-                first = min(problems)
-                batches.add(table.filter(pc.less(numbers, first[0])), numbers, [])
-                batches.finish(first[0], [first])
-                return result
-            batches.add(table, numbers, problems)
-            batches.seen += records_read
-        batches.finish(batches.seen, [])
+        batches = _Batches(plan, result, committers, counted)
+        try:
+            for table, numbers, problems, records_read in checked:
+                if strict and problems:
+                    first = min(problems)
+                    batches.add(table.filter(pc.less(numbers, first[0])), numbers, [])
+                    batches.finish(first[0], [first])
+                    return result
+                batches.add(table, numbers, problems)
+                batches.seen += records_read
+            batches.finish(batches.seen, [])
+        finally:
+            batches.drain()  # a stop or failure: the batches already on their way
     return result
 
 
 @contextmanager
-def _connection(plan: Plan, write: bool) -> Iterator[Connection | None]:
-    """The one connection every batch of a writing pass commits on (None for a dry run).
+def _connections(plan: Plan, write: bool) -> Iterator[list[Connection]]:
+    """The connections a writing pass commits its batches on (none for a dry run), held for
+    the whole pass: one on SQLite, which writes one transaction at a time anyway, and
+    ``plan.writers`` on Postgres, where a batch is written on one while the batch before it
+    is written or committed on another (:class:`_Committers`).
 
     Checking a connection out of the pool per batch cost a pre-ping round trip per batch,
     ~10 % of the writing thread's time; and if the database goes away mid-import, the next
     batch now fails the task instead of quietly continuing on a new connection."""
     if not write or plan.write_table is None:
-        yield None
+        yield []
         return
-    with plan.engine.connect() as connection:
-        yield connection
+    count = plan.writers if plan.engine.dialect.name == "postgresql" else 1
+    with ExitStack() as stack:
+        yield [stack.enter_context(plan.engine.connect()) for _ in range(count)]
+
+
+class _Committers:
+    """Batches committed in turn on each connection, by one thread per connection when
+    there are several (so at most one batch per connection is in flight, and a connection
+    is only ever used by its own thread). The caller settles batches in the order it gave
+    them; :meth:`close` waits for those still in flight, so a rollback after a stop or a
+    failure never runs before a batch that was already on its way commits."""
+
+    def __init__(self, plan: Plan, connections: list[Connection]) -> None:
+        self.plan, self.connections = plan, connections
+        self.depth = max(1, len(connections))  # batches in flight before the oldest settles
+        self._threads = [
+            ThreadPoolExecutor(1, thread_name_prefix="import-writer") for _ in connections
+        ] if len(connections) > 1 else []  # fmt: skip
+        self._sent = 0
+
+    def submit(self, table: pa.Table) -> Future[None]:
+        turn = self._sent % len(self.connections)
+        self._sent += 1
+        if not self._threads:
+            done: Future[None] = Future()
+            self._commit(self.connections[turn], table)
+            done.set_result(None)
+            return done
+        return self._threads[turn].submit(self._commit, self.connections[turn], table)
+
+    def _commit(self, connection: Connection, table: pa.Table) -> None:
+        """One durable transaction per batch: a committed batch survives a database crash
+        (a relaxed ``synchronous_commit`` was measured 15-35 % faster and rejected: a batch
+        lost in a crash could go unnoticed by the batches after it)."""
+        assert self.plan.write_table is not None
+        with connection.begin():
+            self.plan.write_table(connection, table)
+
+    def close(self) -> None:
+        for thread in self._threads:
+            thread.shutdown(wait=True)
 
 
 Checked = tuple[pa.Table, pa.Array, list[Problem], int]
@@ -246,17 +297,20 @@ def _validated(plan: Plan, piece: _Piece) -> tuple[pa.Table, pa.Array, list[Prob
 
 class _Batches:
     """Good rows written ``plan.batch_rows`` at a time, one transaction each; problems are
-    rejected when the batch they precede is written, as the row path does."""
+    rejected when the batch they precede is settled, as the row path does. A batch counts
+    (progress, ``on_batch``, which may raise to stop) only once it is committed, in order."""
 
     def __init__(
-        self, plan: Plan, result: ImportResult, connection: Connection | None, counted: Counted
+        self, plan: Plan, result: ImportResult, committers: _Committers, counted: Counted
     ) -> None:
         self.plan, self.result, self.counted = plan, result, counted
-        self.connection, self.write = connection, connection is not None
+        self.committers, self.write = committers, bool(committers.connections)
         self.tables: list[pa.Table] = []
         self.numbers: list[pa.Array] = []
         self.problems: list[Problem] = []
         self.rows, self.seen = 0, 0
+        #: batches given to the committers: (commit, records read up to its end, its rows)
+        self.pending: deque[tuple[Future[None] | None, int, int]] = deque()
 
     def add(self, table: pa.Table, numbers: pa.Array, problems: list[Problem]) -> None:
         self.tables.append(table)
@@ -272,29 +326,43 @@ class _Batches:
             self._write(pending.slice(0, size), numbers[size - 1].as_py())
 
     def finish(self, rows: int, problems: list[Problem]) -> None:
-        """Write what is left; ``rows`` data records were read in all."""
+        """Write what is left and settle every batch; ``rows`` data records were read."""
         self.problems.extend(problems)
         self._write(pa.concat_tables(self.tables) if self.tables else None, rows, final=True)
         self.tables, self.numbers, self.rows = [], [], 0
 
     def _write(self, table: pa.Table | None, rows: int, final: bool = False) -> None:
+        count = table.num_rows if table is not None else 0
+        commit = self.committers.submit(table) if self.write and count else None
+        self.pending.append((commit, rows, count))
+        while len(self.pending) >= self.committers.depth or (final and self.pending):
+            self._settle()
+
+    def drain(self) -> None:
+        """Wait for the batches still in flight (after a stop or a failure, which leave
+        :meth:`finish` unreached); those that commit are counted like any other, and the
+        rollback that follows removes them with the rest."""
+        while self.pending:
+            try:
+                self._account(*self.pending.popleft())
+            except Exception:  # the import is failing already, with the first error
+                log.warning("import.batch_failed_while_stopping", task_id=self.plan.task_id)
+        self.result.settle()
+
+    def _settle(self) -> None:
+        """The oldest pending batch, once committed: its counts, errors and progress."""
+        self._account(*self.pending.popleft())
+        after_batch(self.plan, self.result, self.write, self.counted.count)
+
+    def _account(self, commit: Future[None] | None, rows: int, count: int) -> None:
+        if commit is not None:
+            commit.result()  # a failed batch fails the import (and rolls it back)
         result = self.result
         result.rows = rows
         for number, line, message in self.problems:
             if number <= rows:
                 result.reject(line, message)
         self.problems = [p for p in self.problems if p[0] > rows]
-        if table is not None and table.num_rows:
-            result.accepted += table.num_rows
-            if self.write:
-                self._commit(table)
-                result.inserted += table.num_rows
-        after_batch(self.plan, result, self.write, self.counted.count)
-
-    def _commit(self, table: pa.Table) -> None:
-        """One durable transaction per batch: a committed batch survives a database crash
-        (a relaxed ``synchronous_commit`` was measured 15-35 % faster and rejected: a batch
-        lost in a crash could go unnoticed by the batches after it)."""
-        assert self.plan.write_table is not None and self.connection is not None
-        with self.connection.begin():
-            self.plan.write_table(self.connection, table)
+        result.accepted += count
+        if commit is not None:
+            result.inserted += count

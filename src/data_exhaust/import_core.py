@@ -126,6 +126,7 @@ class Plan:
     write_table: TableWriter | None = None  # set: the column-wise path (no parser, no flush)
     required: Mapping[str, str] = field(default_factory=dict)  # column -> message if empty
     block_bytes: int = 1 << 20  # the column-wise path reads blocks of about this size
+    writers: int = 1  # the column-wise path's connections committing batches at once (Postgres)
 
 
 def run_plan(plan: Plan, source: Source, strict: bool) -> ImportResult:

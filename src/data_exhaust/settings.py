@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         le=100_000,
         description="CSV import rows written per database transaction (every import kind).",
     )
+    import_writers: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Postgres connections a teams import commits its batches on at once.",
+    )
     public_url: str | None = Field(
         None, description="Base URL put in download links; default: the URL the client called."
     )

@@ -62,15 +62,17 @@ MOBILE = re.compile(r"\+?[0-9]{3,19}")
 
 def import_teams(
     engine: Engine, source: Source, task_id: str, *, strict: bool = False,
-    batch_rows: int = 1000, on_batch: BatchCallback | None = None,
+    batch_rows: int = 1000, on_batch: BatchCallback | None = None, writers: int = 1,
 ) -> ImportResult:  # fmt: skip
-    """Insert one team per line (validated column-wise: lengths, ``name`` not empty)."""
-    return run_plan(teams_plan(engine, task_id, batch_rows, on_batch), source, strict)
+    """Insert one team per line (validated column-wise: lengths, ``name`` not empty); on
+    Postgres ``writers`` connections commit batches at once (see ``EXHAUST_IMPORT_WRITERS``)."""
+    plan = teams_plan(engine, task_id, batch_rows, on_batch, writers=writers)
+    return run_plan(plan, source, strict)
 
 
 def teams_plan(
     engine: Engine, task_id: str, batch_rows: int = 1000, on_batch: BatchCallback | None = None,
-    *, columnar: bool = True, block_bytes: int = 1 << 20,
+    *, columnar: bool = True, block_bytes: int = 1 << 20, writers: int = 1,
 ) -> Plan:  # fmt: skip
     """The teams import; ``columnar=False`` is the row-by-row path (the reference the tests
     compare the column-wise path with)."""
@@ -78,7 +80,7 @@ def teams_plan(
         "teams", engine, task_id, lambda _header: _team, partial(_insert, Team, task_id),
         (TEAMS,), TEAM_LIMITS, rollback_teams, batch_rows, on_batch=on_batch,
         write_table=partial(_write_table, Team, task_id) if columnar else None,
-        required={"name": NAME_REQUIRED}, block_bytes=block_bytes,
+        required={"name": NAME_REQUIRED}, block_bytes=block_bytes, writers=writers,
     )  # fmt: skip
 
 

@@ -113,7 +113,10 @@ class ImportDataset(Dataset):
         ctx.details.update({"total": total, "done": 0, "rolledBack": 0})
         ctx.checkpoint(0, total)
 
+        seen: list[ImportResult] = []  # the import's own result, counted to its very end
+
         def on_batch(_bytes: int, result: ImportResult) -> None:
+            seen[:] = [result]
             ctx.details.update(task_counts(result))
             ctx.checkpoint(result.rows, total)
 
@@ -127,6 +130,10 @@ class ImportDataset(Dataset):
             raise PermanentError(str(exc)) from None
         except ImportFormatError as exc:
             raise PermanentError(str(exc)) from None
+        except BaseException:  # a stop or a failure: batches may have committed after the
+            if seen:  # last checkpoint (two in flight on Postgres); the rollback counts them
+                ctx.details.update(task_counts(seen[0]))
+            raise
         ctx.details.update(task_counts(result))
         ctx.blobs.delete_prefix(key)
         return []
@@ -166,6 +173,7 @@ class ImportTeams(ImportDataset):
         return import_teams(
             ctx.registry.engine, source, ctx.job.request_id, strict=strict,
             batch_rows=ctx.settings.import_batch_rows, on_batch=on_batch,
+            writers=ctx.settings.import_writers,
         )  # fmt: skip
 
     def undo(self, registry: Registry, task_id: str) -> int:
