@@ -97,6 +97,24 @@ class JobManager:
             raise JobNotFound
         return job
 
+    async def get_async(self, request_id: str, tag: str | None = None) -> Job:
+        """:meth:`get` from an event loop (the API's read route: no thread hop)."""
+        job = await self.store.get_async(request_id)
+        if job is None or (tag is not None and job.tag != tag):
+            raise JobNotFound
+        return job
+
+    async def list_tag_async(self, tag: str, limit: int) -> list[Job]:
+        """:meth:`list_tag` from an event loop (the API's list route)."""
+        return await self.store.tag_page_async(tag, limit)
+
+    async def open_loop_reads(self) -> None:
+        """Let the running event loop read jobs without a thread hop (see job_reads.py)."""
+        await self.store.open_loop_reads()
+
+    async def close_loop_reads(self) -> None:
+        await self.store.close_loop_reads()
+
     def find(self, request_id: str) -> Job | None:
         """The job with ``request_id``, whatever its tag (for internal bookkeeping)."""
         return self.store.get(request_id)

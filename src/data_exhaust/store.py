@@ -7,6 +7,8 @@ needs; :class:`SqlJobStore` keeps rows in SQLite or Postgres, :class:`MemoryJobS
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import threading
 from abc import ABC, abstractmethod
@@ -15,10 +17,12 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy import Connection, Engine, Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from data_exhaust.job_reads import JobBuilder, Locked, LoopReads, open_loop_reads
 from data_exhaust.jobs import Job, OutputFile, Status
 from data_exhaust.models import JobRequest
 
@@ -112,13 +116,68 @@ class JobStore(ABC):
     def release(self, dataset: str | None, now: datetime) -> int:
         """Make every waiting SUBMITTED job (of ``dataset``) due now; how many."""
 
+    # -- reads from an event loop: the API's read and list routes -------------------------
+
+    async def open_loop_reads(self) -> None:
+        """Prepare :meth:`get_async` and :meth:`tag_page_async` for the running event loop
+        (the API calls this at start-up and :meth:`close_loop_reads` at shutdown)."""
+        return None  # nothing to prepare for the default, which reads in a worker thread
+
+    async def close_loop_reads(self) -> None:
+        """Release what :meth:`open_loop_reads` opened."""
+        return None
+
+    async def get_async(self, request_id: str) -> Job | None:
+        """:meth:`get` for a caller in an event loop; by default in a worker thread."""
+        return await anyio.to_thread.run_sync(self.get, request_id)
+
+    async def tag_page_async(self, tag: str, limit: int) -> list[Job]:
+        """A tag's newest ``limit`` jobs (:meth:`page` of ``tags=[tag]``) from an event loop."""
+        return await anyio.to_thread.run_sync(self.page, JobFilter(tags=[tag]), limit)
+
 
 class SqlJobStore(JobStore):
     """The job table in SQLite or Postgres through SQLAlchemy."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, loop_connections: int = 10) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._loop_connections = loop_connections
+        self._loop_reads: LoopReads | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # The API's read and list without a thread hop (job_reads.py): from the loop that opened
+    # them; from any other caller, or when SQLite would have to wait, in a worker thread.
+
+    async def open_loop_reads(self) -> None:
+        await self.close_loop_reads()
+        self._loop_reads = await open_loop_reads(
+            self.engine, JobBuilder(JOB_COLUMNS, job_of), self._loop_connections
+        )
+        self._loop = asyncio.get_running_loop()
+
+    async def close_loop_reads(self) -> None:
+        reads, self._loop_reads, self._loop = self._loop_reads, None, None
+        if reads is not None:
+            await reads.close()
+
+    def _reads_here(self) -> LoopReads | None:
+        running = asyncio.get_running_loop()
+        return self._loop_reads if running is self._loop else None
+
+    async def get_async(self, request_id: str) -> Job | None:
+        reads = self._reads_here()
+        if reads is not None:
+            with contextlib.suppress(Locked):
+                return await reads.get(request_id)
+        return await super().get_async(request_id)
+
+    async def tag_page_async(self, tag: str, limit: int) -> list[Job]:
+        reads = self._reads_here()
+        if reads is not None:
+            with contextlib.suppress(Locked):
+                return await reads.tag_page(tag, limit)
+        return await super().tag_page_async(tag, limit)
 
     def insert(self, job: Job) -> bool:
         try:
@@ -279,10 +338,15 @@ def _to_row(job: Job) -> dict[str, Any]:
 
 def _to_job(row: JobRequest | Row[Any]) -> Job:
     """The job of an ORM row or of a Core row of ``job_request`` (same attribute names)."""
-    values: dict[str, Any] = {name: getattr(row, column) for name, column in JOB_COLUMNS}
-    values["status"] = Status(row.status)
-    values["files"] = [OutputFile(**f) for f in row.files or []]
-    values["progress"] = dict(row.progress or {})
+    return job_of({name: getattr(row, column) for name, column in JOB_COLUMNS})
+
+
+def job_of(values: dict[str, Any]) -> Job:
+    """The job of the values of :data:`JOB_COLUMNS` by field name, read through the column
+    types (``job_reads`` builds these from raw rows)."""
+    values["status"] = Status(values["status"])
+    values["files"] = [OutputFile(**f) for f in values["files"] or []]
+    values["progress"] = dict(values["progress"] or {})
     return Job(**values)
 
 
@@ -304,6 +368,12 @@ class MemoryJobStore(JobStore):
         with self._lock:
             job = self._jobs.get(request_id)
             return copy.deepcopy(job) if job else None
+
+    async def get_async(self, request_id: str) -> Job | None:
+        return self.get(request_id)  # a dict lookup: no reason for a thread
+
+    async def tag_page_async(self, tag: str, limit: int) -> list[Job]:
+        return self.page(JobFilter(tags=[tag]), limit)
 
     def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -143,3 +145,77 @@ def test_claim_of_a_named_job_only_takes_it_when_waiting_and_due(store: JobStore
     assert store.claim("w2", now, lease, "later") is None  # not due yet
     assert store.claim("w2", now, lease, "missing") is None
     assert store.get("first").status == Status.SUBMITTED  # type: ignore[union-attr]
+
+
+def test_reads_from_an_event_loop_equal_the_blocking_reads(store: JobStore) -> None:
+    """``get_async`` and ``tag_page_async`` (the API's read and list, without a thread hop on
+    SQLite and Postgres) give exactly the jobs ``get`` and ``page`` give, fresh at each call."""
+    finished = job("done", minutes=3, status=Status.SUCCESS)
+    finished.files = [OutputFile("f.csv", "d/done/f.csv", 10, "ab" * 32, 3)]
+    finished.progress, finished.completed_at = {"rowsWritten": 3, "percent": 100.0}, T0
+    for made in (job("A", minutes=1), job("B", minutes=2), finished, job("X", tag="other")):
+        store.insert(made)
+
+    async def reads() -> None:
+        await store.open_loop_reads()
+        try:
+            for request_id in ("A", "done", "X"):
+                assert await store.get_async(request_id) == store.get(request_id)
+            assert await store.get_async("missing") is None
+            page = await store.tag_page_async("t:c1", 2)
+            assert page == store.page(JobFilter(tags=["t:c1"]), 2)
+            assert [j.request_id for j in page] == ["done", "B"]
+            store.update("B", {"message": "changed"})  # the next read sees the change
+            assert (await store.get_async("B")).message == "changed"  # type: ignore[union-attr]
+            assert (await store.tag_page_async("t:c1", 5))[1].message == "changed"
+        finally:
+            await store.close_loop_reads()
+        assert await store.get_async("A") == store.get("A")  # closed: read in a thread
+
+    asyncio.run(reads())
+
+
+def test_a_locked_sqlite_database_is_read_in_a_thread_while_the_loop_runs(
+    sqlite_url: str,
+) -> None:
+    """When SQLite would make the loop's read wait (here another connection holds the whole
+    database in exclusive locking mode), the read waits in a worker thread instead: other
+    tasks of the loop go on meanwhile, and the read returns the job once the lock is gone."""
+    engine = make_engine(sqlite_url)
+    store = SqlJobStore(engine)
+    store.insert(job("A"))
+    expected = store.get("A")
+    engine.dispose()  # no pooled connection keeps a shared lock on the database
+    holder = sqlite3.connect(
+        engine.url.database or "", isolation_level=None, check_same_thread=False
+    )
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    ticks = threading.Event()
+
+    def release_after_ticks() -> None:
+        ticks.wait(30)
+        holder.execute("COMMIT")
+        holder.close()
+
+    releaser = threading.Thread(target=release_after_ticks)
+
+    async def read_while_locked() -> Job | None:
+        await store.open_loop_reads()
+        try:
+            read = asyncio.create_task(store.get_async("A"))
+            releaser.start()
+            for _ in range(3):  # the loop is free: this task runs while the read waits
+                await asyncio.sleep(0.01)
+            assert not read.done()
+            ticks.set()
+            return await read
+        finally:
+            await store.close_loop_reads()
+
+    try:
+        assert asyncio.run(read_while_locked()) == expected
+    finally:
+        ticks.set()
+        releaser.join()
+        engine.dispose()

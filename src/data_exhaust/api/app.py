@@ -71,6 +71,7 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_threads(services.settings.api_threads)
+        await services.jobs.open_loop_reads()  # read and list without a thread hop
         if run_executor and services.executor is None:
             services.executor = services.make_executor()
             services.executor.start()
@@ -78,6 +79,7 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
         if run_executor and services.executor is not None:
             services.executor.shutdown()
             services.executor = None
+        await services.jobs.close_loop_reads()
 
     app = FastAPI(
         title="Data Exhaust", version=__version__, description=DESCRIPTION, lifespan=lifespan

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from data_exhaust.api.deps import ChannelHeader, ServicesDep, channel_of, require_scope
+from data_exhaust.api.deps import CHANNEL_HEADER, ChannelKey, Tenant, services_of
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError, client_error
 from data_exhaust.api.render import dataset_job, signed_urls
@@ -25,7 +25,9 @@ from data_exhaust.store import JobFilter
 
 router = APIRouter(tags=["dataset requests"])
 API = "ekstep.analytics.dataset.request"
-ExhaustCaller = Annotated[Caller, Depends(require_scope("exhaust"))]
+#: The caller and its channel; read and list also take ``services_of(request)`` rather than
+#: a dependency: on the routes clients poll, each dependency FastAPI solves is measurable.
+ExhaustTenant = Annotated[Tenant, Depends(ChannelKey("exhaust"))]
 UserHeader = Annotated[str | None, Header(alias="X-Authenticated-Userid")]
 RequestIdQuery = Annotated[str | None, Query(alias="requestId")]
 Renderer = Callable[[Request, "Services", Job], dict[str, Any]]
@@ -45,7 +47,7 @@ def urls_for(request: Request, services: Services, job: Job) -> tuple[list[str],
     return signed_urls(
         job,
         services.blobs,
-        base_url(request, services),
+        lambda: base_url(request, services),
         services.settings.url_ttl_seconds,
         by=caller.key_id if caller else "",
     )
@@ -71,33 +73,23 @@ def parse_limit(raw: str | None, default: int = 100) -> int:
     return limit
 
 
-def handle_list(
-    request: Request,
-    services: Services,
-    caller: Caller,
-    x_channel_id: str | None,
-    tag: str,
-    limit: str | None,
-    renderer: Renderer,
+async def handle_list(
+    request: Request, tenant: Tenant, tag: str, limit: str | None, renderer: Renderer
 ) -> Response:
-    """A tag's jobs in the caller's channel, newest first: shared by both list routes."""
-    channel = channel_of(caller, x_channel_id)
-    jobs = services.jobs.list_tag(stored_tag(tag, channel), parse_limit(limit))
+    """A tag's jobs in the caller's channel, newest first: shared by both list routes (read
+    from the event loop, without a thread hop: ``job_reads.py``)."""
+    services = services_of(request)
+    tag = stored_tag(tag, tenant.channel)
+    jobs = await services.jobs.list_tag_async(tag, parse_limit(limit))
     rendered = [renderer(request, services, job) for job in jobs]
     return envelope(request, {"count": len(rendered), "jobs": rendered})
 
 
 async def handle_submit(
-    request: Request,
-    services: Services,
-    caller: Caller,
-    x_channel_id: str | None,
-    user: str | None,
-    names: Names,
-    renderer: Renderer,
+    request: Request, tenant: Tenant, user: str | None, names: Names, renderer: Renderer
 ) -> Response:
     """Validate, submit (or deduplicate) and answer: shared by both submit routes."""
-    channel = channel_of(caller, x_channel_id)
+    services, caller, channel = services_of(request), tenant.caller, tenant.channel
     payload, msgid = parse_body(await request.body())
     request.state.msgid = msgid
 
@@ -120,55 +112,43 @@ async def handle_submit(
     return envelope(request, await run_in_threadpool(submit))
 
 
-@router.post("/dataset/v1/request/submit", name=f"{API}.submit", openapi_extra=body(SubmitBody))
+@router.post(
+    "/dataset/v1/request/submit", name=f"{API}.submit",
+    openapi_extra={**body(SubmitBody), **CHANNEL_HEADER},
+)  # fmt: skip
 async def submit_request(
-    request: Request,
-    services: ServicesDep,
-    caller: ExhaustCaller,
-    x_channel_id: ChannelHeader = None,
-    user: UserHeader = None,
+    request: Request, tenant: ExhaustTenant, user: UserHeader = None
 ) -> Response:
     """Submit an export request; an identical request returns the existing job (deduplicated)."""
-    return await handle_submit(request, services, caller, x_channel_id, user, DATASET_API, render)
+    return await handle_submit(request, tenant, user, DATASET_API, render)
 
 
-@router.get("/dataset/v1/request/read/{tag}", name=f"{API}.info")
-def read_request(
-    request: Request,
-    tag: str,
-    services: ServicesDep,
-    caller: ExhaustCaller,
-    x_channel_id: ChannelHeader = None,
-    request_id: RequestIdQuery = None,
+@router.get("/dataset/v1/request/read/{tag}", name=f"{API}.info", openapi_extra=CHANNEL_HEADER)
+async def read_request(
+    request: Request, tag: str, tenant: ExhaustTenant, request_id: RequestIdQuery = None
 ) -> Response:
     """A job of this channel by tag and requestId, with freshly signed download URLs."""
-    channel = channel_of(caller, x_channel_id)
-    job = get_job(services, require_request_id(request_id), stored_tag(tag, channel))
+    services = services_of(request)
+    job = await get_job(services, require_request_id(request_id), stored_tag(tag, tenant.channel))
     return envelope(request, render(request, services, job))
 
 
-@router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list")
-def list_requests(
-    request: Request,
-    tag: str,
-    services: ServicesDep,
-    caller: ExhaustCaller,
-    x_channel_id: ChannelHeader = None,
+@router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list", openapi_extra=CHANNEL_HEADER)
+async def list_requests(
+    request: Request, tag: str, tenant: ExhaustTenant,
     limit: Annotated[str | None, Query()] = None,
-) -> Response:
+) -> Response:  # fmt: skip
     """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
-    return handle_list(request, services, caller, x_channel_id, tag, limit, render)
+    return await handle_list(request, tenant, tag, limit, render)
 
 
-@router.post("/dataset/v1/request/search", name=f"{API}.search", openapi_extra=body(SearchBody))
-async def search_requests(
-    request: Request,
-    services: ServicesDep,
-    caller: ExhaustCaller,
-    x_channel_id: ChannelHeader = None,
-) -> Response:
+@router.post(
+    "/dataset/v1/request/search", name=f"{API}.search",
+    openapi_extra={**body(SearchBody), **CHANNEL_HEADER},
+)  # fmt: skip
+async def search_requests(request: Request, tenant: ExhaustTenant) -> Response:
     """Jobs of this channel matching filters (dataset, status, requestedDate, tag)."""
-    channel = channel_of(caller, x_channel_id)
+    services, channel = services_of(request), tenant.channel
     payload, msgid = parse_body(await request.body())
     request.state.msgid = msgid
     where, limit, offset = search_filter(payload, channel, services)
@@ -180,19 +160,14 @@ async def search_requests(
     return envelope(request, await run_in_threadpool(search))
 
 
-@router.post("/dataset/v1/request/stop/{tag}", name=f"{API}.stop")
+@router.post("/dataset/v1/request/stop/{tag}", name=f"{API}.stop", openapi_extra=CHANNEL_HEADER)
 def stop_request(
-    request: Request,
-    tag: str,
-    services: ServicesDep,
-    caller: ExhaustCaller,
-    x_channel_id: ChannelHeader = None,
-    request_id: RequestIdQuery = None,
+    request: Request, tag: str, tenant: ExhaustTenant, request_id: RequestIdQuery = None
 ) -> Response:
     """Stop a job: a waiting one at once, a running one at its next checkpoint (≤ 5 s)."""
-    channel = channel_of(caller, x_channel_id)
+    services = services_of(request)
     try:
-        job = services.stop_job(require_request_id(request_id), stored_tag(tag, channel))
+        job = services.stop_job(require_request_id(request_id), stored_tag(tag, tenant.channel))
     except JobNotFound as exc:
         raise ApiError("RESOURCE_NOT_FOUND", str(exc)) from None
     except JobConflict as exc:
@@ -200,9 +175,10 @@ def stop_request(
     return envelope(request, render(request, services, job))
 
 
-def get_job(services: Services, request_id: str, tag: str) -> Job:
+async def get_job(services: Services, request_id: str, tag: str) -> Job:
+    """The job, read from the event loop (no thread hop: ``job_reads.py``), else 404."""
     try:
-        return services.jobs.get(request_id, tag)
+        return await services.jobs.get_async(request_id, tag)
     except JobNotFound as exc:
         raise ApiError("RESOURCE_NOT_FOUND", str(exc)) from None
 

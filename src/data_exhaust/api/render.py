@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,14 +16,17 @@ def epoch_ms(moment: datetime | None) -> int | None:
 
 
 def signed_urls(
-    job: Job, blobs: BlobStore, base_url: str, ttl: int, by: str = ""
+    job: Job, blobs: BlobStore, base_url: str | Callable[[], str], ttl: int, by: str = ""
 ) -> tuple[list[str], int]:
-    """Freshly signed download URLs (only for SUCCESS with files present) and their expiry."""
+    """Freshly signed download URLs (only for SUCCESS with files present) and their expiry;
+    ``base_url`` may be a function, called only when there is a link to make (working out a
+    request's base URL is a measurable part of a poll that gets none)."""
     expires_at = int(time.time()) + ttl
     urls: list[str] = []
-    if job.status == Status.SUCCESS and not job.files_purged:
+    if job.status == Status.SUCCESS and not job.files_purged and job.files:
+        base = base_url() if callable(base_url) else base_url
         for file in job.files:
-            url, expires_at = blobs.signed_url(file.key, base_url, ttl, by=by)
+            url, expires_at = blobs.signed_url(file.key, base, ttl, by=by)
             urls.append(url)
     return urls, expires_at * 1000
 
