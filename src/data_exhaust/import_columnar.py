@@ -5,17 +5,13 @@ batches, checkpoints and strict mode."""
 
 from __future__ import annotations
 
-import threading
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from itertools import chain, islice
-from queue import Full, Queue
-from threading import Event
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +32,7 @@ from data_exhaust.csv_lines import (
     records,
 )
 from data_exhaust.import_core import ImportResult, Plan, after_batch
+from data_exhaust.prefetch import ahead
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +60,7 @@ def columnar_pass(plan: Plan, source: Source, *, write: bool, strict: bool) -> I
     result = ImportResult(plan.kind, plan.task_id)
     with (
         opened(source) as counted,
-        closing(_ahead(_checked(plan, counted))) as checked,
+        closing(ahead(_checked(plan, counted), 2, "import-reader")) as checked,  # parse ahead
         _connections(plan, write) as connections,
         closing(_Committers(plan, connections)) as committers,  # drained before they close
     ):
@@ -145,48 +142,6 @@ Checked = tuple[pa.Table, pa.Array, list[Problem], int]
 def _checked(plan: Plan, counted: Counted) -> Iterator[Checked]:
     for piece in _pieces(plan, counted):
         yield (*_validated(plan, piece), piece.records)
-
-
-def _ahead(items: Iterator[Checked], depth: int = 2) -> Generator[Checked, None, None]:
-    """``items`` made by a reader thread, at most ``depth`` ahead: pyarrow parses and checks
-    the next block (without the GIL) while this thread writes the last one. Closing this
-    generator stops the reader and waits for it (before the file is closed)."""
-    queue: Queue[tuple[bool, Any]] = Queue(depth)
-    stop = threading.Event()
-    reader = threading.Thread(
-        target=_produce, args=(items, queue, stop), name="import-reader", daemon=True
-    )
-    reader.start()
-    try:
-        while True:
-            more, item = queue.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        reader.join()
-
-
-def _produce(items: Iterator[Checked], queue: Queue[tuple[bool, Any]], stop: Event) -> None:
-    def put(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(entry, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    try:
-        for item in items:
-            if not put((True, item)):
-                return
-        put((False, None))
-    except BaseException as exc:  # handed to the importing thread, which raises it
-        put((False, exc))
 
 
 def _pieces(plan: Plan, counted: Counted) -> Iterator[_Piece]:

@@ -32,7 +32,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -40,8 +40,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 import structlog
 
 from data_exhaust.fsutil import fsync_dir
@@ -63,6 +61,16 @@ EMPTY_SELECT = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in C
 JSON_COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items()) + "}"
 RAW_SUFFIX = ".jsonl"
 MB = 1024 * 1024
+DuckConfigValue = str | bool | int | float | list[str]
+#: How compacted rows are ordered in each Parquet file: one conversation's rows are together
+#: and in time order, so min/max statistics let a query skip the row groups of other
+#: conversations and other hours (a 1-of-50 conversation export reads ~1/10 of a file), and an
+#: export sorts rows that are already nearly in order.
+SORT_ORDER = "conversation_id, ets, mid, event_hash"
+#: Rows per Parquet row group: the unit a query skips (DuckDB's default is 122,880).
+ROW_GROUP_ROWS = 10_240
+#: DuckDB memory cap of a compaction (the server compacts in its maintenance thread).
+COMPACTION_MEMORY = "256MB"
 
 
 def _quote(text: str) -> str:
@@ -238,30 +246,48 @@ class Lake:
             os.close(fd)
 
     def _write_parquet(self, path: Path, segment_id: str) -> int:
-        """Write the segment's Parquet files into place (not yet visible: no marker)."""
+        """Write the segment's Parquet files into place (not yet visible: no marker): one
+        file per event date, its rows in :data:`SORT_ORDER` in row groups of
+        :data:`ROW_GROUP_ROWS`."""
         self._remove_leftovers(segment_id)
         import duckdb  # here: the ingest worker processes never compact, and start faster
 
         tmp = self.events / f".tmp-{segment_id}"
-        with duckdb.connect() as con:
-            row = con.execute(
-                f"COPY (SELECT {SELECT_LIST} FROM {self._raw_scan([path])} "
-                f"WHERE event_hash IS NOT NULL) TO {_quote(str(tmp))} "
-                "(FORMAT parquet, PARTITION_BY (date), WRITE_PARTITION_COLUMNS true, "
-                "COMPRESSION zstd)"
-            ).fetchone()
-        count = int(row[0]) if row else 0
-        for folder in sorted(tmp.glob("date=*")) if tmp.exists() else []:
-            target = self.events / folder.name
+        tmp.mkdir()
+        scan = f"SELECT {SELECT_LIST} FROM {self._raw_scan([path])} WHERE event_hash IS NOT NULL"
+        try:
+            with duckdb.connect(config=self._compaction_config(COMPACTION_MEMORY)) as con:
+                days, count = _sorted_days(con, scan, tmp)
+        except duckdb.OutOfMemoryException:  # a segment far above segment_bytes: no cap
+            log.warning("lake.compaction_memory_exceeded", segment=segment_id)
+            with duckdb.connect(config=self._compaction_config(None)) as con:
+                days, count = _sorted_days(con, scan, tmp)
+        for day in days:
+            part = tmp / f"{day}.parquet"
+            with open(part, "rb") as handle:
+                os.fsync(handle.fileno())
+            target = self.events / f"date={day}"
             target.mkdir(exist_ok=True)
-            for n, part in enumerate(sorted(folder.glob("*.parquet"))):
-                with open(part, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.rename(part, target / f"part-{segment_id}.{n}.parquet")
+            os.rename(part, target / f"part-{segment_id}.0.parquet")
             fsync_dir(target)
         shutil.rmtree(tmp, ignore_errors=True)
         fsync_dir(self.events)
         return count
+
+    def _compaction_config(
+        self, memory: str | None
+    ) -> dict[str, str | bool | int | float | list[str]]:
+        """DuckDB's settings for a compaction: one thread (it runs beside the API and the
+        exports), ``memory`` capped and spilling under the lake. Uncapped, compacting one
+        100 MB segment took ~720 MB of the process; capped at 256 MB, 289 MB."""
+        spill = self.root / ".compaction-spill"
+        spill.mkdir(exist_ok=True)
+        config: dict[str, DuckConfigValue] = {
+            "temp_directory": str(spill), "threads": 1,
+        }  # fmt: skip
+        if memory is not None:
+            config["memory_limit"] = memory
+        return config
 
     def _remove_leftovers(self, segment_id: str) -> None:
         """Undo an interrupted compaction of ``segment_id`` (its marker is missing)."""
@@ -328,12 +354,16 @@ class Lake:
 
         ``dedup=False`` leaves duplicates in, for a caller that sorts by ``mid, event_hash``
         (within equal ``ets``) and drops them while streaming with
-        :func:`drop_adjacent_duplicates`: DuckDB's ``DISTINCT ON`` holds every row in memory.
+        ``datasets.dedup.drop_adjacent_duplicates``: ``DISTINCT ON`` holds every row.
         """
         parquet, raw = self._files(first_day, last_day)
+        names = ", ".join(f'"{name}"' for name in COLUMNS)
+        distinct = "DISTINCT ON (mid, event_hash) " if dedup else ""
+        scan = f"read_parquet({_file_list(parquet)}, hive_partitioning=false)"
+        if parquet and not raw:  # compacted files already have the lake's types: no union
+            return f"(SELECT {distinct}{names} FROM {scan} AS lake_rows WHERE ({where}))"
         parts = [f"SELECT {EMPTY_SELECT} WHERE false"]  # the empty lake still has the columns
         if parquet:
-            scan = f"read_parquet({_file_list(parquet)}, hive_partitioning=false)"
             parts.append(f"SELECT {SELECT_LIST} FROM {scan}")
         if raw:
             days = ["event_hash IS NOT NULL"]
@@ -344,9 +374,7 @@ class Lake:
             parts.append(
                 f"SELECT {SELECT_LIST} FROM {self._raw_scan(raw)} WHERE {' AND '.join(days)}"
             )
-        names = ", ".join(f'"{name}"' for name in COLUMNS)
         union = " UNION ALL ".join(parts)
-        distinct = "DISTINCT ON (mid, event_hash) " if dedup else ""
         return f"(SELECT {distinct}{names} FROM ({union}) AS lake_rows WHERE ({where}))"
 
     def stats(self) -> dict[str, int]:
@@ -369,36 +397,19 @@ class Lake:
         }
 
 
-def drop_adjacent_duplicates(
-    reader: pa.RecordBatchReader, mid: str, digest: str
-) -> pa.RecordBatchReader:
-    """``reader`` without rows whose ``mid`` and ``digest`` equal the previous row's, and
-    without the ``digest`` column. The input must be sorted so that duplicates are adjacent
-    (equal events have equal ``ets``, so ``ORDER BY ets, mid, event_hash`` does it)."""
-    schema = reader.schema
-    output = schema.remove(schema.get_field_index(digest))
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        previous: tuple[Any, Any] = (None, None)
-        for batch in reader:
-            if batch.num_rows == 0:
-                continue
-            keep = _not_repeated(batch.column(mid), batch.column(digest), previous)
-            previous = (batch.column(mid)[-1].as_py(), batch.column(digest)[-1].as_py())
-            trimmed = batch.drop_columns([digest])
-            # Usually nothing repeats: then the batch is passed on without being copied.
-            kept = trimmed if pc.all(keep).as_py() else trimmed.filter(keep)
-            if kept.num_rows:
-                yield kept
-
-    return pa.RecordBatchReader.from_batches(output, batches())
-
-
-def _not_repeated(mids: pa.Array, digests: pa.Array, previous: tuple[Any, Any]) -> pa.Array:
-    count = len(mids)
-    before_mid = pa.concat_arrays([pa.array([previous[0]], mids.type), mids.slice(0, count - 1)])
-    before_digest = pa.concat_arrays(
-        [pa.array([previous[1]], digests.type), digests.slice(0, count - 1)]
-    )
-    repeated = pc.and_(pc.equal(mids, before_mid), pc.equal(digests, before_digest))
-    return pc.invert(pc.fill_null(repeated, False))
+def _sorted_days(con: Any, scan: str, folder: Path) -> tuple[list[str], int]:
+    """``<folder>/<date>.parquet`` for every event date of ``scan`` (a SELECT of lake rows),
+    each in :data:`SORT_ORDER`; the dates and the number of rows written. (One ``COPY`` per
+    date: DuckDB's ``PARTITION_BY`` does not keep an ``ORDER BY`` within each file.)"""
+    days = [str(day) for (day,) in con.execute(
+        f"SELECT DISTINCT date FROM ({scan}) ORDER BY date"
+    ).fetchall()]  # fmt: skip
+    count = 0
+    for day in days:
+        row = con.execute(
+            f"COPY (SELECT * FROM ({scan}) WHERE date = {_quote(day)} ORDER BY {SORT_ORDER}) "
+            f"TO {_quote(str(folder / f'{day}.parquet'))} "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+        ).fetchone()
+        count += int(row[0]) if row else 0
+    return days, count

@@ -55,8 +55,6 @@ __all__ = ["EXTENSIONS", "BlobWriter", "write_output"]
 EXTENSIONS = {"csv": "csv", "csv.gz": "csv.gz", "jsonl": "jsonl", "parquet": "parquet"}
 
 UTF8_BOM = b"\xef\xbb\xbf"
-#: A string cell matching this (RE2, anchored at the cell start) is prefixed with ``'``.
-FORMULA_START = "^([=+@\t\r-])"
 _FORMULA_FIRST_BYTES = pa.array([c.encode() for c in "=+-@\t\r"], pa.binary())
 #: gzip level 6: nearly the size of level 9 at a fraction of its CPU time.
 GZIP_LEVEL = 6
@@ -209,29 +207,30 @@ def _csv_batch(batch: pa.RecordBatch, schema: pa.Schema, guard: bool) -> pa.Reco
     for column, field in zip(batch.columns, schema, strict=True):
         if column.type != field.type:
             column = column.cast(field.type)
-        if guard and _needs_guard(column):
-            column = pc.replace_substring_regex(
-                column, pattern=FORMULA_START, replacement="'\\1", max_replacements=1
-            )
-        columns.append(column)
+        columns.append(_guarded(column) if guard else column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def _needs_guard(column: pa.Array) -> bool:
-    """Whether a string column has a cell starting with a formula character.
+def _guarded(column: pa.Array) -> pa.Array:
+    """A string column with ``'`` before every cell starting with a formula character.
 
-    A regex replace over every column costs ~7x more than this check (slice the first byte of
-    each cell, zero-copy as binary, and look it up), and almost no column needs the replace.
-    The trigger characters are all ASCII, so a first *byte* is a first character.
-    """
+    The cells are found by their first byte (a zero-copy binary view, sliced and looked up:
+    the trigger characters are all ASCII, so a first *byte* is a first character), and only
+    those are prefixed. Most columns have none and come back as they are. (An anchored regex
+    replace over every cell of the columns that had one cost 1.5 s of a 2 M-row export;
+    this, ~0.3 s.)"""
     if pa.types.is_string(column.type):
         raw = column.cast(pa.binary())
     elif pa.types.is_large_string(column.type):
         raw = column.cast(pa.large_binary())
     else:
-        return False
+        return column
     first = pc.binary_slice(raw, 0, 1)
-    return bool(pc.any(pc.is_in(first, value_set=_FORMULA_FIRST_BYTES)).as_py())
+    starts = pc.fill_null(pc.is_in(first, value_set=_FORMULA_FIRST_BYTES), False)
+    if not pc.any(starts).as_py():
+        return column
+    quote, nothing = pa.scalar("'", column.type), pa.scalar("", column.type)
+    return pc.if_else(starts, pc.binary_join_element_wise(quote, column, nothing), column)
 
 
 def _write_csv_to(

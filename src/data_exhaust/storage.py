@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from data_exhaust.fsutil import fsync_dir
@@ -178,6 +178,30 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+#: Bytes a blob being written may leave dirty in the page cache before the kernel is asked to
+#: start writing them back (asynchronously), so that the fsync before publishing only waits
+#: for the last of them: a 1.5 GB export had waited ~3 s in that fsync, not writing anything
+#: to disk until then.
+WRITEBACK_BYTES = 32 * 1024 * 1024
+
+
+class _WritebackFile(io.BufferedWriter):
+    """A buffered file that starts the kernel's write-back every :data:`WRITEBACK_BYTES`
+    (``posix_fadvise(DONTNEED)`` on Linux starts it without waiting, and drops the pages
+    already on disk from the cache: nothing reads a new blob back soon)."""
+
+    _unflushed = 0
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        self._unflushed += written
+        if self._unflushed >= WRITEBACK_BYTES and hasattr(os, "posix_fadvise"):
+            self.flush()
+            os.posix_fadvise(self.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            self._unflushed = 0
+        return written
+
+
 class LocalBlobStore(BlobStore):
     """Blobs as files under ``root``; temp files in ``root/.tmp`` (same file system).
 
@@ -201,7 +225,7 @@ class LocalBlobStore(BlobStore):
         fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
         tmp = Path(name)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with _WritebackFile(io.FileIO(fd, "wb")) as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -284,7 +284,7 @@ def test_ingestor_needs_an_events_array(lake: Lake, sqlite_url: str, body: dict[
 def test_adjacent_duplicates_are_dropped_while_streaming() -> None:
     import pyarrow as pa
 
-    from data_exhaust.lake import drop_adjacent_duplicates
+    from data_exhaust.datasets.dedup import drop_adjacent_duplicates
 
     mids = ["a", "a", "a", "b", "b", "c"]
     digests = ["h1", "h1", "h2", "h3", "h3", "h4"]  # rows 2 and 5 repeat their predecessor
@@ -293,3 +293,53 @@ def test_adjacent_duplicates_are_dropped_while_streaming() -> None:
     kept = drop_adjacent_duplicates(reader, "mid", "digest").read_all()
     assert kept.column_names == ["mid", "n"]
     assert kept.column("n").to_pylist() == [0, 2, 3, 5]  # a repeat across a batch edge too
+
+
+def interleaved(conversations: list[str], each: int) -> list[dict[str, Any]]:
+    """``each`` rows per conversation, arriving in turn (as a live chatbot platform sends)."""
+    return [
+        flatten(
+            ftp_event(ets=DAY1 + 1000 + i, conversation_id=conversations[i % len(conversations)])
+        )
+        for i in range(each * len(conversations))
+    ]
+
+
+def test_compacted_rows_are_sorted_by_conversation_and_time_in_small_row_groups(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One file per date, its rows ordered by conversation then time: a query for one
+    conversation reads only the row groups that hold it (DuckDB skips the others by their
+    statistics), whatever order the events arrived in."""
+    monkeypatch.setattr(lake_module, "ROW_GROUP_ROWS", 2048)  # DuckDB's smallest row group
+    lake.append(interleaved(["c-4", "c-2", "c-1", "c-3"], 2048))
+    assert lake.compact() == 4 * 2048
+    (file,) = lake.events.glob("date=2022-06-21/*.parquet")
+    with duckdb.connect() as con:
+        stored = con.execute(f"SELECT conversation_id, ets FROM read_parquet('{file}')").fetchall()
+        groups = con.execute(
+            f"SELECT count(DISTINCT row_group_id) FROM parquet_metadata('{file}')"
+        ).fetchone()
+        profile = tmp_path / "profile.json"
+        con.execute("SET enable_profiling = 'json'")
+        con.execute(f"SET profiling_output = '{profile}'")
+        found = con.execute(
+            f"SELECT count(*) FROM {lake.events_sql(where='conversation_id = $c')} AS e",
+            {"c": "c-2"},
+        ).fetchall()
+    assert stored == sorted(stored) and len(stored) == 4 * 2048
+    assert groups == (4,) and found == [(2048,)]
+    profiled = orjson.loads(profile.read_bytes())
+    assert profiled["query"]["total_row_groups_scanned"] == 1  # c-2's alone
+
+
+def test_a_compaction_over_its_memory_cap_runs_again_without_one(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap keeps a usual compaction near 300 MB of RSS; a segment too big for it (here a
+    cap of 1 MB) is still compacted, rather than left raw for ever."""
+    monkeypatch.setattr(lake_module, "COMPACTION_MEMORY", "1MB")
+    lake.append(rows(2000, DAY1) + rows(10, DAY2))
+    assert lake.compact() == 2010
+    assert count(lake) == 2010
+    assert lake.stats()["raw_segments"] == 0

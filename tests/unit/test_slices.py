@@ -53,21 +53,42 @@ def test_one_busy_hour_is_a_slice_of_its_own() -> None:
     assert slices[1] == Slice(hour * HOUR_MS, (hour + 1) * HOUR_MS, 500)
 
 
-def test_read_slices_runs_each_query_only_after_the_previous_one_is_read() -> None:
+def test_read_slices_runs_the_queries_in_order_a_bounded_number_ahead() -> None:
+    """The slices' queries run one at a time, in order, in a thread of their own, never more
+    than ``ahead_batches`` batches ahead of the reader (the memory bound); every batch comes
+    out once, in order."""
     opened: list[int] = []
 
     def reader(part: Slice) -> pa.RecordBatchReader:
         opened.append(part.rows)
-        batch = pa.record_batch({"rows": pa.array([part.rows] * part.rows, pa.int64())})
+        batch = pa.record_batch({"rows": pa.array([part.rows], pa.int64())})
         return pa.RecordBatchReader.from_batches(batch.schema, [batch])
 
-    slices = [Slice(0, 1, 2), Slice(1, 2, 3), Slice(2, 3, 1)]
-    batches = iter(read_slices(slices, reader))
-    assert opened == [2]  # the first query runs for the schema; the others wait
-    assert next(batches).num_rows == 2
-    assert opened == [2]
-    assert [b.num_rows for b in batches] == [3, 1]
-    assert opened == [2, 3, 1]
+    slices = [Slice(n, n + 1, n) for n in range(1, 21)]
+    with read_slices(slices, reader, ahead_batches=2) as sliced:
+        batches = iter(sliced)
+        for read in range(1, 21):
+            assert next(batches).column(0)[0].as_py() == read
+            # read batches + 2 queued + 1 made and waiting to be queued, at most
+            assert len(opened) <= read + 3
+        assert next(batches, None) is None
+    assert opened == list(range(1, 21))
+
+
+def test_leaving_read_slices_early_stops_its_queries() -> None:
+    opened: list[int] = []
+
+    def reader(part: Slice) -> pa.RecordBatchReader:
+        opened.append(part.rows)
+        batch = pa.record_batch({"rows": pa.array([part.rows], pa.int64())})
+        return pa.RecordBatchReader.from_batches(batch.schema, [batch])
+
+    slices = [Slice(n, n + 1, n) for n in range(1, 1001)]
+    with read_slices(slices, reader, ahead_batches=2) as sliced:
+        assert next(iter(sliced)).column(0)[0].as_py() == 1
+    made = len(opened)
+    assert made <= 1 + 3  # stopped and joined: nothing runs after the with
+    assert len(opened) == made
 
 
 def test_jobs_share_one_database_but_not_their_temp_tables(tmp_path: Path) -> None:

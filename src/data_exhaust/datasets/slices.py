@@ -22,6 +22,7 @@ and ``$to_ms`` (exclusive); each slice's query gets its own bounds there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,11 @@ import pyarrow as pa
 
 from data_exhaust.datasets.uci_common import utc_day
 from data_exhaust.lake import Lake
+from data_exhaust.prefetch import ahead
 
 HOUR_MS = 3_600_000
+#: Batches the slice queries may run ahead of the writer (~5 MB each): 4 measured no faster
+AHEAD_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,17 @@ def cut(hours: list[tuple[int, int]], from_ms: int, to_ms: int, max_rows: int) -
     return slices
 
 
+@contextmanager
 def read_slices(
-    slices: list[Slice], reader_of: Callable[[Slice], pa.RecordBatchReader]
-) -> pa.RecordBatchReader:
-    """The batches of every slice's reader in turn; each query starts when the previous one
-    is exhausted, so only one slice is ever sorted at a time."""
+    slices: list[Slice],
+    reader_of: Callable[[Slice], pa.RecordBatchReader],
+    ahead_batches: int = AHEAD_BATCHES,
+) -> Iterator[pa.RecordBatchReader]:
+    """The batches of every slice's reader in turn. The queries run one after another in a
+    thread of their own (DuckDB works without the GIL), at most ``ahead_batches`` batches
+    ahead of the caller, so the next slice is queried while the caller writes the last one;
+    only one slice is ever being sorted. The thread is stopped and joined when the ``with``
+    ends (a stop interrupts its query through the job's connection)."""
     if not slices:
         raise ValueError("read_slices needs at least one slice")
     first = reader_of(slices[0])
@@ -90,7 +100,8 @@ def read_slices(
         for part in slices[1:]:
             yield from reader_of(part)
 
-    return pa.RecordBatchReader.from_batches(first.schema, batches())
+    with closing(ahead(batches(), ahead_batches, "export-slices")) as produced:
+        yield pa.RecordBatchReader.from_batches(first.schema, produced)
 
 
 def slice_events(lake: Lake, where: str, part: Slice) -> str:

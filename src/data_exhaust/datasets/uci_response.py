@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from data_exhaust.datasets.base import Dataset, NoDataFound, RunContext, SubmitContext
+from data_exhaust.datasets.dedup import drop_adjacent_duplicates
 from data_exhaust.datasets.slices import Slice, count_slices, read_slices, slice_events
 from data_exhaust.datasets.uci_common import (
     MAX_RANGE_DAYS,
@@ -36,7 +37,6 @@ from data_exhaust.datasets.uci_common import (
     validate_conversation_config,
 )
 from data_exhaust.jobs import OutputFile
-from data_exhaust.lake import drop_adjacent_duplicates
 
 # MAX_RANGE_DAYS and local_day_bounds_ms moved to uci_common; re-exported for callers.
 __all__ = [
@@ -161,9 +161,10 @@ class UciResponseExhaust(Dataset):
                 ROWS_PER_BATCH
             )
 
-        rows = drop_adjacent_duplicates(read_slices(slices, reader), "Message ID", DIGEST)
         stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
-        written = ctx.write(stem, HEADER, non_empty(rows), total)
+        with read_slices(slices, reader) as sliced:  # queried ahead while CSV is written
+            rows = drop_adjacent_duplicates(sliced, "Message ID", DIGEST)
+            written = ctx.write(stem, HEADER, non_empty(rows), total)
         ctx.checkpoint(written.rows, written.rows)  # the count included dropped duplicates
         return [written]
 
