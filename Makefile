@@ -14,8 +14,12 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
+# --compile-bytecode and compileall: where PYTHONDONTWRITEBYTECODE is set (it is on the bench
+# and CI machines) nothing is ever cached, and every process start compiled every module it
+# imported from source: `exhaust --help` 0.86 s -> 0.36 s, importing the app 4.8 s -> 2.0 s.
 $(BIN)/exhaust: $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --quiet
+	$(UV) sync --locked --quiet --compile-bytecode
+	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $@
 
 ## install: create .venv from the lock file and migrate the database (only sets up)

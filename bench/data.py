@@ -21,6 +21,7 @@ lake is designed for), so 250 k events take a few seconds and 5 M about a minute
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -36,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from data_exhaust.lake import Lake
+from data_exhaust.lake import ROW_GROUP_ROWS, SORT_ORDER, Lake
 from data_exhaust.telemetry import check_event, flatten
 
 ROOT = Path(__file__).resolve().parent
@@ -50,6 +51,9 @@ FIRST_DAY = date(2024, 1, 1)
 DAYS = 30
 DAY_MS = 86_400_000
 CHUNK = 20_000
+#: The compacted files' layout is part of a cached lake's name: a lake made by an older
+#: compaction is made again rather than measured as if it were today's.
+LAYOUT = "l" + hashlib.sha256(f"{SORT_ORDER}|{ROW_GROUP_ROWS}".encode()).hexdigest()[:8]
 
 TITLES = [
     "Which subject do you like most, and why? / आपको कौन सा विषय सबसे ज़्यादा पसंद है और क्यों?",
@@ -273,7 +277,7 @@ def _from_json(root: Path) -> Dataset | None:
 def dataset(scale: float, *, days: int = DAYS, first_day: date = FIRST_DAY) -> Dataset:
     """The cached data set of ``scale`` × 5 M events (generated on first use)."""
     events = int(FULL_EVENTS * scale)
-    root = DATA / f"lake-{events}-{days}d-{first_day:%Y%m%d}"
+    root = DATA / f"lake-{events}-{days}d-{first_day:%Y%m%d}-{LAYOUT}"
     cached = _from_json(root)
     if cached is not None:
         return cached
