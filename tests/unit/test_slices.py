@@ -4,6 +4,7 @@ process's shared DuckDB database the slices are read from."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -53,17 +54,23 @@ def test_one_busy_hour_is_a_slice_of_its_own() -> None:
     assert slices[1] == Slice(hour * HOUR_MS, (hour + 1) * HOUR_MS, 500)
 
 
-def test_read_slices_runs_the_queries_in_order_a_bounded_number_ahead() -> None:
-    """The slices' queries run one at a time, in order, in a thread of their own, never more
-    than ``ahead_batches`` batches ahead of the reader (the memory bound); every batch comes
-    out once, in order."""
-    opened: list[int] = []
+def recording_reader(opened: list[int]) -> Callable[[Slice], pa.RecordBatchReader]:
+    """A slice "query" of one row (its ``rows``) that records, in ``opened``, when it runs."""
 
     def reader(part: Slice) -> pa.RecordBatchReader:
         opened.append(part.rows)
         batch = pa.record_batch({"rows": pa.array([part.rows], pa.int64())})
         return pa.RecordBatchReader.from_batches(batch.schema, [batch])
 
+    return reader
+
+
+def test_read_slices_runs_the_queries_in_order_a_bounded_number_ahead() -> None:
+    """The slices' queries run one at a time, in order, in a thread of their own, never more
+    than ``ahead_batches`` batches ahead of the reader (the memory bound); every batch comes
+    out once, in order."""
+    opened: list[int] = []
+    reader = recording_reader(opened)
     slices = [Slice(n, n + 1, n) for n in range(1, 21)]
     with read_slices(slices, reader, ahead_batches=2) as sliced:
         batches = iter(sliced)
@@ -77,12 +84,7 @@ def test_read_slices_runs_the_queries_in_order_a_bounded_number_ahead() -> None:
 
 def test_leaving_read_slices_early_stops_its_queries() -> None:
     opened: list[int] = []
-
-    def reader(part: Slice) -> pa.RecordBatchReader:
-        opened.append(part.rows)
-        batch = pa.record_batch({"rows": pa.array([part.rows], pa.int64())})
-        return pa.RecordBatchReader.from_batches(batch.schema, [batch])
-
+    reader = recording_reader(opened)
     slices = [Slice(n, n + 1, n) for n in range(1, 1001)]
     with read_slices(slices, reader, ahead_batches=2) as sliced:
         assert next(iter(sliced)).column(0)[0].as_py() == 1
