@@ -154,6 +154,10 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     rows += [_shape_row(name, bare[name], ceiling) for name in SHAPES]
     for db in ("sqlite", "postgres"):
         rows += [_row(db, op, results[db][op], ceiling) for op in ("submit", "read", "list")]
+    from bench import api_costs  # it uses postgres_database from here
+
+    results["app_costs"] = api_costs.measure(config)
+    rows += api_costs.rows(results["app_costs"])
     inputs = {"clients": CLIENTS, "requests_per_run": REQUESTS, "time_limit_s": LIMIT_S,
               "list_limit": 10, "executor": "EXHAUST_WORKERS=0 (API only)"}  # fmt: skip
     return rows, inputs, results

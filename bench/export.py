@@ -23,6 +23,10 @@ from data_exhaust.lake import Lake
 
 COPY_TARGET = 1.3
 PYTHON_TARGET = 10.0
+#: The one-row dataset (bench/floor_dataset.py), registered as a third-party plugin would be.
+FLOOR_PLUGIN = "bench.floor_dataset:OneRow"
+FLOOR_DATASET = "bench-one-row"
+FLOOR_RUNS = 9
 
 
 def export_config(conversation: str, first: date, last: date) -> dict[str, Any]:
@@ -186,11 +190,40 @@ def rows_of(which: str, label: str, m: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def measure_floor(
+    config: Config, client: httpx.Client, base: str, headers: dict[str, str]
+) -> dict[str, Any]:
+    """Submit → SUCCESS of the one-row dataset (``bench/floor_dataset.py``): the engine alone."""
+    cfg = {"startDate": "2024-01-01"}
+    export_once(client, base, headers, cfg, FLOOR_DATASET)  # warm-up
+    times = max(config.runs, FLOOR_RUNS)
+    runs = [export_once(client, base, headers, cfg, FLOOR_DATASET) for _ in range(times)]
+    api = [seconds for seconds, _ in runs]
+    job_s = [job["jobStats"]["executionTime"] / 1000 for _, job in runs]
+    return {"api_s": api, "job_s": job_s, "api_median_s": median(api),
+            "job_median_s": median(job_s)}  # fmt: skip
+
+
+def floor_row(floor: dict[str, Any], small: dict[str, Any]) -> Row:
+    """The best any export of the small request could do through this engine: the floor
+    plus DuckDB's own COPY of its rows (a query no faster than COPY), against COPY."""
+    api, copy = floor["api_median_s"], small["copy_median_s"]
+    return Row(
+        "1", "export floor: the job engine alone", "one-row dataset plugin, no query",
+        f"{fmt_s(api)} (in the worker {fmt_s(floor['job_median_s'])})",
+        f"small export's COPY {fmt_s(copy)}",
+        f"floor + COPY = {(api + copy) / copy:.2f}× COPY",
+    )  # fmt: skip
+
+
 def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     ds = dataset(config.scale)
     measurements: dict[str, Any] = {}
     rows: list[Row] = []
-    with server(config.work / "export" / "var", EXHAUST_LAKE_URL=ds.lake.as_uri()) as srv:
+    plugins = {"EXHAUST_PLUGINS": json.dumps([FLOOR_PLUGIN])}
+    with server(
+        config.work / "export" / "var", EXHAUST_LAKE_URL=ds.lake.as_uri(), **plugins
+    ) as srv:
         key = srv.create_key(CHANNEL)
         base = srv.serve()
         headers = {"Authorization": f"Bearer {key}", "X-Channel-ID": CHANNEL}
@@ -201,4 +234,6 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
                     raise RuntimeError(f"row counts differ: {m}")
                 measurements[which] = m
                 rows += rows_of(which, _case(ds, which)[1], m)
+            measurements["floor"] = measure_floor(config, client, base, headers)
+            rows.append(floor_row(measurements["floor"], measurements["small"]))
     return rows, {"dataset": ds.info(), "runs": config.runs}, measurements

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,13 +119,37 @@ def server(data_dir: Path, **env: str) -> Iterator[Server]:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (kB) of ``pid`` from ``/proc/<pid>/status``."""
+    """VmRSS / VmHWM and the RSS split RssAnon / RssFile (kB) from ``/proc/<pid>/status``."""
     found: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             found[key] = int(value.split()[0])
     return found
+
+
+@contextmanager
+def split_peaks(pid: int, every_s: float = 0.002) -> Iterator[dict[str, int]]:
+    """The highest RssAnon and RssFile (kB) of ``pid`` while the ``with`` runs, sampled every
+    ``every_s`` (the kernel keeps a peak of their sum only, VmHWM). Anonymous memory is what
+    the process allocated; file pages are the mapped libraries' code and data it touched,
+    clean and shared with every other process using them."""
+    peaks = {"RssAnon": 0, "RssFile": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every_s):
+            status = proc_status(pid)
+            for key in peaks:
+                peaks[key] = max(peaks[key], status[key])
+
+    sampler = threading.Thread(target=sample, name="rss-sampler")
+    sampler.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        sampler.join()
 
 
 def reset_peak(pid: int) -> None:
@@ -136,9 +161,10 @@ def reset_peak(pid: int) -> None:
 
 
 def submit_export(
-    client: httpx.Client, base: str, headers: dict[str, str], config: dict[str, Any], tag: str
-) -> str:
-    request = {"tag": tag, "dataset": "uci-response-exhaust", "datasetConfig": config}
+    client: httpx.Client, base: str, headers: dict[str, str], config: dict[str, Any], tag: str,
+    dataset: str = "uci-response-exhaust",
+) -> str:  # fmt: skip
+    request = {"tag": tag, "dataset": dataset, "datasetConfig": config}
     answer = client.post(
         f"{base}/dataset/v1/request/submit", json={"request": request}, headers=headers
     )
@@ -162,12 +188,13 @@ def wait_job(
 
 
 def export_once(
-    client: httpx.Client, base: str, headers: dict[str, str], config: dict[str, Any]
-) -> tuple[float, dict[str, Any]]:
+    client: httpx.Client, base: str, headers: dict[str, str], config: dict[str, Any],
+    dataset: str = "uci-response-exhaust",
+) -> tuple[float, dict[str, Any]]:  # fmt: skip
     """(seconds from submit to SUCCESS, job) of one new request (a fresh tag: no dedup)."""
     tag = f"bench-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
-    request_id = submit_export(client, base, headers, config, tag)
+    request_id = submit_export(client, base, headers, config, tag, dataset)
     job = wait_job(client, base, headers, tag, request_id)
     elapsed = time.perf_counter() - started
     if job["status"] != "SUCCESS":
