@@ -49,7 +49,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
             f"{large['max_peak_mb']:,.0f} MB (sampled peaks: allocated {anon:,.0f} MB, "
             f"library pages {files:,.0f} MB)", f"idle {idle_mb:,.0f} MB; "
             f"{small['rows']:,}-row export {small['max_peak_mb']:,.0f} MB",
-            f"+{growth:,.0f} MB for {large['rows'] / max(small['rows'], 1):,.0f}× the rows",
+            f"{growth:+,.0f} MB for {large['rows'] / max(small['rows'], 1):,.0f}× the rows",
             f"< {TARGET_MB} MB, flat", large["max_peak_mb"] < TARGET_MB),
     ]  # fmt: skip
     return rows, {"dataset": ds.info(), "runs": config.runs}, found
