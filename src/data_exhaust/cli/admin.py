@@ -161,8 +161,12 @@ def ingest(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from data_exhaust.ingest import ingest_file
+    from data_exhaust.lake import Lake
+    from data_exhaust.settings import Settings
 
-    svc = services()
+    # The lake alone: a bulk load touches no table, and building the services (their
+    # database, its migration check, the executor's imports) was ~1 s of every run.
+    lake = Lake.from_url(Settings().resolved_lake_url)
     freeze_heap()
     columns = (
         TextColumn("ingest"),
@@ -175,7 +179,7 @@ def ingest(
         task = progress.add_task("ingest", total=path.stat().st_size, events=0)
         result = ingest_file(
             path,
-            svc.lake,
+            lake,
             on_progress=lambda done, events: progress.update(task, completed=done, events=events),
         )
     console.print(
