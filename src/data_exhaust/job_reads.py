@@ -13,7 +13,8 @@ runs these two statements itself, from the event loop:
   the loop is not held up; if SQLite ever answers "database is locked" (no WAL, a recovery in
   progress), the read is retried in the thread pool, where waiting is allowed.
 * :class:`PostgresLoopReads`: a pool of psycopg async connections (autocommit: no transaction
-  is left open between polls).
+  is left open between polls), not pinged before each read; a read on a connection the
+  server dropped is redone in the thread pool, through the engine, whose pool pre-pings.
 
 The statements are the SQLAlchemy ones of :mod:`data_exhaust.store`, compiled once for the
 dialect, and their rows go through the same type processors as Core's, so a job read here is
@@ -68,8 +69,10 @@ class JobBuilder:
     build: Callable[[dict[str, Any]], Job]
 
 
-class Locked(Exception):
-    """The loop's read could not run without waiting: do it in the thread pool instead."""
+class ReadInThread(Exception):
+    """The loop's read cannot be answered here: SQLite would make it wait for a lock, or
+    Postgres dropped its connection (a restart, a failover, an idle timeout). The store reads
+    in the thread pool instead, where waiting is allowed and the engine's pool pre-pings."""
 
 
 class _Statement:
@@ -126,7 +129,7 @@ class LoopReads(ABC):
 
     @abstractmethod
     async def fetch(self, statement: _Statement, values: dict[str, Any]) -> list[Job]:
-        """The jobs of ``statement``; raises :class:`Locked` when it would have to wait."""
+        """The jobs of ``statement``; raises :class:`ReadInThread` when it cannot answer."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -151,7 +154,7 @@ class SqliteLoopReads(LoopReads):
                 cursor.close()
         except sqlite3.OperationalError as exc:  # "database is locked": no WAL, or a recovery
             log.debug("job_reads.sqlite_locked", error=str(exc))
-            raise Locked from exc
+            raise ReadInThread from exc
         return statement.jobs(raw)
 
     async def close(self) -> None:
@@ -179,9 +182,15 @@ class PostgresLoopReads(LoopReads):
         return cls(engine, jobs, pool)
 
     async def fetch(self, statement: _Statement, values: dict[str, Any]) -> list[Job]:
-        async with self.pool.connection() as connection:
-            cursor = await connection.execute(statement.sql, statement.parameters(values))
-            raw = await cursor.fetchall()
+        from psycopg import OperationalError
+
+        try:
+            async with self.pool.connection() as connection:
+                cursor = await connection.execute(statement.sql, statement.parameters(values))
+                raw = await cursor.fetchall()
+        except OperationalError as exc:  # the pool discards the broken connection itself
+            log.warning("job_reads.postgres_connection_lost", error=str(exc))
+            raise ReadInThread from exc
         return statement.jobs(raw)
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from data_exhaust.job_reads import JobBuilder, Locked, LoopReads, open_loop_reads
+from data_exhaust.job_reads import JobBuilder, LoopReads, ReadInThread, open_loop_reads
 from data_exhaust.jobs import Job, OutputFile, Status
 from data_exhaust.models import JobRequest
 
@@ -168,14 +168,14 @@ class SqlJobStore(JobStore):
     async def get_async(self, request_id: str) -> Job | None:
         reads = self._reads_here()
         if reads is not None:
-            with contextlib.suppress(Locked):
+            with contextlib.suppress(ReadInThread):
                 return await reads.get(request_id)
         return await super().get_async(request_id)
 
     async def tag_page_async(self, tag: str, limit: int) -> list[Job]:
         reads = self._reads_here()
         if reads is not None:
-            with contextlib.suppress(Locked):
+            with contextlib.suppress(ReadInThread):
                 return await reads.tag_page(tag, limit)
         return await super().tag_page_async(tag, limit)
 

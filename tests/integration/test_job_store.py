@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from data_exhaust.db import make_engine
@@ -218,4 +219,37 @@ def test_a_locked_sqlite_database_is_read_in_a_thread_while_the_loop_runs(
     finally:
         ticks.set()
         releaser.join()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_read_after_postgres_dropped_the_loop_connections_still_answers(
+    postgres_url: str,
+) -> None:
+    """A poll after the database closed the loop's connections (a restart, a failover, an
+    idle timeout) answers with the job, read through the engine's pre-pinged pool, instead of
+    failing with a 500; so do the polls after it, and a list."""
+    engine = make_engine(postgres_url)
+    store = SqlJobStore(engine, loop_connections=2)
+    store.insert(job("A"))
+    expected = store.get("A")
+
+    async def reads() -> list[Job | None]:
+        await store.open_loop_reads()
+        try:
+            found = [await store.get_async("A")]
+            with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            found += [await store.get_async("A") for _ in range(3)]
+            found += await store.tag_page_async("t:c1", 1)
+            return found
+        finally:
+            await store.close_loop_reads()
+
+    try:
+        assert asyncio.run(reads()) == [expected] * 5
+    finally:
         engine.dispose()

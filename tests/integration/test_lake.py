@@ -60,12 +60,20 @@ def test_appended_rows_are_queryable_at_once(lake: Lake) -> None:
 
 
 def test_compaction_moves_rows_to_date_partitions(lake: Lake) -> None:
-    lake.append(rows(3, DAY1) + rows(2, DAY2))
+    lake.append(rows(2, DAY2) + rows(3, DAY1))  # one segment of two dates, later one first
     assert lake.compact() == 5
     assert sorted(p.parent.name for p in lake.events.glob("*/*.parquet")) == [
         "date=2022-06-21",
         "date=2022-06-22",
     ]
+    with duckdb.connect() as con:  # each date's file holds that date's rows, and only those
+        for day, start, expected in (("2022-06-21", DAY1, 3), ("2022-06-22", DAY2, 2)):
+            (file,) = lake.events.glob(f"date={day}/*.parquet")
+            found = con.execute(
+                f"SELECT count(*), min(ets), max(ets) FROM read_parquet('{file}')"
+            ).fetchone()
+            assert found is not None and found[0] == expected
+            assert start <= found[1] <= found[2] < start + 86_400_000
     assert lake.stats()["raw_segments"] == 0
     assert not list(lake.raw.glob("*.jsonl"))
     assert count(lake) == 5
