@@ -26,7 +26,7 @@ from bench.ingest_ceiling import (
     python_ceilings,
     with_cpu,
 )
-from bench.server import Server, server
+from bench.server import EXHAUST, Server, server
 from data_exhaust.lake import Lake
 
 API_TARGET = 50_000  # events/s with batches of 1,000
@@ -156,12 +156,24 @@ def api_cases(config: Config, ds: Dataset) -> tuple[dict[str, Any], dict[str, An
                 for _ in range(config.runs)
             ]
             cases[str(size)] = {"runs": runs, **medians(runs)}
+        cases.update(processes_case(config, srv, key, lines))
         lake = srv.data_dir / "lake"
         raw = Lake(lake).stats()
         fresh = queryable_latency(srv, key, lake, lines[0])
         srv.run("lake", "compact")
         compacted = queryable_latency(srv, key, lake, lines[0])
     return cases, {"raw_lake": raw, "uncompacted": fresh, "after_compaction": compacted}
+
+
+def processes_case(config: Config, srv: Server, key: str, lines: list[bytes]) -> dict[str, Any]:
+    """Batches of 1,000 to ``exhaust serve --processes 2`` on the same data dir (the
+    single-process server is stopped first: the two processes get both cores)."""
+    srv.stop_all()
+    base = srv.start([EXHAUST, "serve", "--port", "{port}", "--processes", str(PROCESSES)])
+    runs = [
+        with_cpu(load, srv.pid, base, key, bodies(lines, 1000), THREADS) for _ in range(config.runs)
+    ]
+    return {f"1000x{PROCESSES}": {"runs": runs, **medians(runs)}}
 
 
 def bulk_file(config: Config, ds: Dataset) -> tuple[Path, int]:
@@ -233,11 +245,13 @@ def _latencies(case: dict[str, Any]) -> str:
 
 def api_rows(cases: dict[str, Any]) -> list[Row]:
     rows = []
-    for size, case in cases.items():
+    for name, case in cases.items():
         rate, p99 = case["median_events_per_s"], case["median_p99_s"]
+        size, _, processes = name.partition("x")
         target = size == "1000"
+        where = f", {processes} server processes" if processes else ""
         rows.append(Row(
-            "2", "ingest POST /v1/telemetry", f"batches of {size}, {THREADS} clients",
+            "2", "ingest POST /v1/telemetry", f"batches of {size}, {THREADS} clients{where}",
             _latencies(case), "", f"{rate / API_TARGET:.2f}× target" if target else "",
             f"≥ {API_TARGET:,}/s, p99 < 250 ms" if target else "",
             (rate >= API_TARGET and p99 < P99_TARGET) if target else None,

@@ -43,9 +43,12 @@ Loader = Callable[[str, str, list[bytes], int], dict[str, Any]]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) from ``/proc``."""
+    """User + system CPU seconds of process ``pid`` (all its threads) and of its live
+    children (``exhaust serve --processes N``'s), from ``/proc``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def with_cpu(

@@ -90,9 +90,10 @@ class Deployment:
         self.processes.append(process)
         return process
 
-    def serve(self, **env: str) -> str:
+    def serve(self, *args: str, **env: str) -> str:
+        """Start ``exhaust serve`` (with ``args``) and wait until it answers; its base URL."""
         port = free_port()
-        self.start("serve", "--port", str(port), **env)
+        self.start("serve", "--port", str(port), *args, **env)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -64,6 +64,19 @@ def limit_threads(count: int) -> None:
     anyio.to_thread.current_default_thread_limiter().total_tokens = count
 
 
+def app_from_settings() -> FastAPI:
+    """The app of one process of ``exhaust serve --processes N`` (uvicorn's factory, called in
+    each process it starts): its own services from the ``EXHAUST_*`` settings, as one
+    ``exhaust serve`` builds them; the parent has already migrated the database."""
+    from data_exhaust.heap import freeze_heap
+    from data_exhaust.services import build_services
+    from data_exhaust.settings import Settings
+
+    app = create_app(build_services(Settings()))
+    freeze_heap()
+    return app
+
+
 def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     """The API over ``services``; with ``run_executor`` it also runs the configured executor
     (embedded worker threads, or the Celery publisher and sweeper)."""

@@ -33,6 +33,14 @@ def services() -> Services:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
+    processes: int = typer.Option(
+        1,
+        min=1,
+        max=64,
+        help="Server processes sharing the port (up to one per core). Each runs the API, its "
+        "own EXHAUST_WORKERS embedded workers and the lake's maintenance; a supervisor "
+        "restarts one that dies.",
+    ),
     first_run: bool = typer.Option(
         False,
         "--first-run",
@@ -47,6 +55,13 @@ def serve(
     svc = services()
     if first_run:
         _first_run(svc, host, port)
+    if processes > 1:  # each process builds its own services from EXHAUST_* (no shared state)
+        svc.close()
+        uvicorn.run(
+            "data_exhaust.api.app:app_from_settings", factory=True, workers=processes,
+            host=host, port=port, log_level="warning",
+        )  # fmt: skip
+        return
     app = create_app(svc)
     freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level="warning")

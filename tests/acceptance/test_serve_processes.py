@@ -1,0 +1,95 @@
+"""``exhaust serve --processes 2``: two server processes on one port, each with its own
+services (lake segments, embedded workers), behind uvicorn's supervisor."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.conftest import Deployment, wait_until
+from tests.factories import assess_event
+
+CHANNEL = "state-a"
+BOT = "bot-processes"
+JUNE_21 = 1655769600000  # 2022-06-21T00:00:00Z
+
+
+def server_processes(parent: int) -> list[int]:
+    """The serving children of ``parent`` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def batch(number: int) -> dict[str, object]:
+    events = [
+        assess_event(
+            conversation_id=BOT, mid=f"mid-{number}-{i}", ets=JUNE_21 + number * 60_000 + i,
+            **{"context.channel": CHANNEL},
+        )
+        for i in range(10)
+    ]  # fmt: skip
+    return {"params": {"msgid": f"batch-{number}"}, "events": events}
+
+
+def test_two_processes_share_the_port_the_lake_and_the_jobs(deployment: Deployment) -> None:
+    base = deployment.serve("--processes", "2")
+    parent = deployment.processes[-1].pid
+    wait_until(lambda: len(server_processes(parent)) == 2)
+    key = deployment.create_key(CHANNEL, "exhaust,ingest")
+    auth = {"Authorization": f"Bearer {key}", "X-Channel-ID": CHANNEL}
+
+    def send(number: int) -> int:
+        with httpx.Client(timeout=30) as client:  # a connection of its own each
+            answer = client.post(f"{base}/v1/telemetry", json=batch(number), headers=auth)
+            return int(answer.json()["result"]["accepted"])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(send, range(40))) == 400
+    writers = {name.name.split("-")[1] for name in (deployment.data_dir / "lake" / "raw").glob("*")}
+    assert writers <= {str(pid) for pid in server_processes(parent)}  # each its own segments
+
+    request = {"tag": "both", "dataset": "uci-response-exhaust", "datasetConfig": {
+        "conversationId": BOT, "startDate": "2022-06-21", "endDate": "2022-06-21"}}  # fmt: skip
+    job = httpx.post(f"{base}/dataset/v1/request/submit", json={"request": request}, headers=auth)
+    read_url = f"{base}/dataset/v1/request/read/both?requestId={job.json()['result']['requestId']}"
+    wait_until(lambda: httpx.get(read_url, headers=auth).json()["result"]["status"] == "SUCCESS")
+    (url,) = httpx.get(read_url, headers=auth).json()["result"]["downloadUrls"]
+    rows = list(csv.reader(io.StringIO(httpx.get(url).text)))
+    assert sorted(row[0] for row in rows[1:]) == sorted(
+        f"mid-{n}-{i}" for n in range(40) for i in range(10)
+    )  # every event, whichever process stored it, in one export
+
+
+def test_a_dead_process_is_replaced_and_a_stop_ends_them_all(deployment: Deployment) -> None:
+    base = deployment.serve("--processes", "2")
+    parent = deployment.processes[-1].pid
+    wait_until(lambda: len(server_processes(parent)) == 2)
+    victim, survivor = server_processes(parent)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        children = server_processes(parent)
+        return victim not in children and len(children) == 2
+
+    wait_until(replaced)
+    assert httpx.get(f"{base}/health", timeout=10).json()["result"]["healthy"] is True
+    children = server_processes(parent)
+    assert survivor in children
+    deployment.stop_all()  # SIGTERM to the parent, as a service manager sends it
+    assert deployment.processes[-1].returncode is not None
+    wait_until(lambda: not any(alive(pid) for pid in children))
