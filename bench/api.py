@@ -21,12 +21,13 @@ import httpx
 from bench.common import Config, Row, median
 from bench.data import CHANNEL
 from bench.loadgen import request_bytes, run_load
-from bench.server import Server, server, submit_export
+from bench.server import EXHAUST, Server, server, submit_export
 
 CLIENTS = 64
 REQUESTS = 800
 LIMIT_S = 5.0
 READ_TARGET = 0.5
+PROCESSES = 2  # the extra rows: `exhaust serve --processes 2` beside the bare route on 2
 PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c"]
 
 
@@ -108,14 +109,29 @@ def bare_ceiling(config: Config) -> dict[str, Any]:
         bare.stop_all()
 
 
-def backend(config: Config, name: str, database_url: str | None) -> dict[str, Any]:
+def backend(
+    config: Config, name: str, database_url: str | None, processes: int = 1
+) -> dict[str, Any]:
     env = {"EXHAUST_WORKERS": "0"}
     if database_url:
         env["EXHAUST_DATABASE_URL"] = database_url
     with server(config.work / f"api-{name}" / "var", **env) as srv:
         key = srv.create_key(CHANNEL, "exhaust")
-        base = srv.serve()
+        base = srv.start([EXHAUST, "serve", "--port", "{port}", "--processes", str(processes)])
         return {op: measure(base, make, config.runs) for op, make in makers(base, key).items()}
+
+
+def bare_processes(config: Config, processes: int) -> dict[str, Any]:
+    """The bare route on ``processes`` processes (uvicorn's supervisor)."""
+    bare = Server(config.work / f"bare-{processes}" / "var")
+    bare.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        argv = [sys.executable, "-m", "bench.bare_app", "{port}", str(processes)]
+        base = bare.start(argv, "/constant")
+        make = request_bytes("GET", f"{base}/constant", {})[2]
+        return measure(base, lambda n: make, config.runs)
+    finally:
+        bare.stop_all()
 
 
 def _row(db: str, op: str, m: dict[str, Any], ceiling: float) -> Row:
@@ -127,6 +143,25 @@ def _row(db: str, op: str, m: dict[str, Any], ceiling: float) -> Row:
         f"bare route {ceiling:,.0f} req/s", f"{ratio:.2f}× bare",
         f"≥ {READ_TARGET}× bare" if target else "", ratio >= READ_TARGET if target else None,
     )  # fmt: skip
+
+
+def processes_rows(bare: dict[str, Any], sqlite: dict[str, Any]) -> list[Row]:
+    """Both sides on PROCESSES processes: beside the target's rows, not instead of them."""
+    ceiling = bare["median_rps"]
+    where = f"{CLIENTS} clients, {PROCESSES} server processes"
+    rows = [Row("3", "API bare FastAPI route", f"constant, {where}", _rate(bare), "",
+                f"{ceiling / ceiling:.2f}×")]  # fmt: skip
+    for op in ("submit", "read", "list"):
+        m = sqlite[op]
+        rows.append(Row("3", f"API {op}", f"sqlite, {where}", _rate(m),
+                        f"bare route ×{PROCESSES} {ceiling:,.0f} req/s",
+                        f"{m['median_rps'] / ceiling:.2f}× bare ×{PROCESSES}"))  # fmt: skip
+    return rows
+
+
+def _rate(m: dict[str, Any]) -> str:
+    return (f"{m['median_rps']:,.0f} req/s, p50 {m['median_p50_ms']:.0f} ms, "
+            f"p99 {m['median_p99_ms']:.0f} ms")  # fmt: skip
 
 
 def _shape_row(name: str, m: dict[str, Any], ceiling: float) -> Row:
@@ -145,6 +180,8 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     results: dict[str, Any] = {"bare": bare, "sqlite": backend(config, "sqlite", None)}
     with postgres_database() as url:
         results["postgres"] = backend(config, "postgres", url)
+    results[f"bare_x{PROCESSES}"] = bare_processes(config, PROCESSES)
+    results[f"sqlite_x{PROCESSES}"] = backend(config, f"sqlite-{PROCESSES}", None, PROCESSES)
     ceiling = bare["median_rps"]
     rows = [
         Row("3", "API bare FastAPI route", f"constant, {CLIENTS} clients",
@@ -154,6 +191,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     rows += [_shape_row(name, bare[name], ceiling) for name in SHAPES]
     for db in ("sqlite", "postgres"):
         rows += [_row(db, op, results[db][op], ceiling) for op in ("submit", "read", "list")]
+    rows += processes_rows(results[f"bare_x{PROCESSES}"], results[f"sqlite_x{PROCESSES}"])
     from bench import api_costs  # it uses postgres_database from here
 
     results["app_costs"] = api_costs.measure(config)

@@ -8,6 +8,9 @@
   ``Authorization`` header), without any key lookup or database; the ``-sync`` one is a plain
   ``def`` endpoint, which FastAPI runs in its thread pool as it does the service's read.
   They show what FastAPI's parameter and dependency handling, and the thread hop, cost.
+
+``python -m bench.bare_app PORT [PROCESSES]``: with PROCESSES > 1, that many processes on the
+port behind uvicorn's supervisor, as ``exhaust serve --processes`` runs.
 """
 
 from __future__ import annotations
@@ -69,4 +72,9 @@ def shaped_sync(
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    port, workers = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    if workers > 1:  # as `exhaust serve --processes N` runs: uvicorn's supervisor
+        uvicorn.run("bench.bare_app:app", host="127.0.0.1", port=port, log_level="warning",
+                    workers=workers)  # fmt: skip
+    else:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
