@@ -16,7 +16,17 @@ def console_renderer() -> structlog.dev.ConsoleRenderer:
     return structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
 
 
+_configured_level = "INFO"
+
+
+def configured_level() -> str:
+    """The level :func:`configure` last set (for processes this one starts to log alike)."""
+    return _configured_level
+
+
 def configure(level: str = "INFO", json: bool | None = None) -> None:
+    global _configured_level
+    _configured_level = level
     if json is None:
         env = os.environ.get("EXHAUST_LOG_JSON")
         json = env == "1" if env is not None else not sys.stderr.isatty()

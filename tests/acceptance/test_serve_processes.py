@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +74,17 @@ def test_two_processes_share_the_port_the_lake_and_the_jobs(deployment: Deployme
     assert sorted(row[0] for row in rows[1:]) == sorted(
         f"mid-{n}-{i}" for n in range(40) for i in range(10)
     )  # every event, whichever process stored it, in one export
+    assert_logged_as_configured(deployment)
+
+
+def assert_logged_as_configured(deployment: Deployment) -> None:
+    """The processes log as the command was told (EXHAUST_LOG_JSON=1, level INFO), not with
+    structlog's defaults: JSON lines only, no debug event, one line per ingested batch."""
+    (log,) = deployment.data_dir.parent.glob("serve-*.log")
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert {r["level"] for r in records} <= {"info", "warning", "error"}
+    ingested = [r for r in records if r["event"] == "telemetry.ingested"]
+    assert len(ingested) == 40
 
 
 def test_a_dead_process_is_replaced_and_a_stop_ends_them_all(deployment: Deployment) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,9 +70,11 @@ def app_from_settings() -> FastAPI:
     each process it starts): its own services from the ``EXHAUST_*`` settings, as one
     ``exhaust serve`` builds them; the parent has already migrated the database."""
     from data_exhaust.heap import freeze_heap
+    from data_exhaust.logs import configure
     from data_exhaust.services import build_services
     from data_exhaust.settings import Settings
 
+    configure(os.environ.get("EXHAUST_LOG_LEVEL", "INFO").upper())  # not the CLI's process
     app = create_app(build_services(Settings()))
     freeze_heap()
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,10 @@ def serve(
     if first_run:
         _first_run(svc, host, port)
     if processes > 1:  # each process builds its own services from EXHAUST_* (no shared state)
+        from data_exhaust.logs import configured_level
+
         svc.close()
+        os.environ["EXHAUST_LOG_LEVEL"] = configured_level()  # `--log-level` reaches them too
         uvicorn.run(
             "data_exhaust.api.app:app_from_settings", factory=True, workers=processes,
             host=host, port=port, log_level="warning",
