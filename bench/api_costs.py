@@ -4,9 +4,10 @@ list, and the psycopg async query alone.
 
 The load benchmark (``bench/api.py``) measures req/s through uvicorn; every request there
 also pays uvicorn and its HTTP parser, which the bare route pays too. Called in-process, one
-request after another, the application's own CPU per request is steady from run to run on
-this noisy machine (best of 5 × 1,000), and it shows what the ratio to the bare route is made
-of: the framework's share, the route's own work, and the cost of each listed job.
+request after another, the application's own CPU per request (best of 5 × 1,000) is steadier
+than the load figures (though runs on a busy machine differ), and it shows what the ratio to
+the bare route is made of: the framework's share, the route's own work, and the cost of each
+listed job.
 """
 
 from __future__ import annotations
