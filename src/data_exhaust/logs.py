@@ -43,6 +43,8 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # one write per line (print() writes the line and its newline apart): the processes of
+        # `exhaust serve --processes N` share one stderr, and their lines must not interleave
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
