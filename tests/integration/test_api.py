@@ -286,6 +286,26 @@ def test_operations_routes(client: TestClient, key: str, services: Services) -> 
     assert error_of(missing)[:2] == (404, "RESOURCE_NOT_FOUND")
 
 
+def test_polled_routes_document_their_parameters_and_key(client: TestClient) -> None:
+    # read and list read their parameters from the request (deps.polled); /docs must still
+    # show them, the X-Channel-ID header and the bearer key, as for the declared routes
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        "/dataset/v1/request/read/{tag}": {("tag", "path", True), ("requestId", "query", False)},
+        "/dataset/v1/request/list/{tag}": {("tag", "path", True), ("limit", "query", False)},
+        "/job/request/read/{tag}/{request_id}": {
+            ("tag", "path", True),
+            ("request_id", "path", True),
+        },
+        "/job/request/list/{tag}": {("tag", "path", True), ("limit", "query", False)},
+    }
+    for path, parameters in expected.items():
+        operation = paths[path]["get"]
+        documented = {(p["name"], p["in"], p["required"]) for p in operation["parameters"]}
+        assert documented == parameters | {("X-Channel-ID", "header", True)}, path
+        assert operation["security"] == [{"ApiKey": []}], path
+
+
 def telemetry_batch(*events: dict[str, Any], msgid: str = "b-1") -> dict[str, Any]:
     return {
         "id": "api.sunbird.telemetry",

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from data_exhaust.api.deps import CHANNEL_HEADER, ChannelKey, Tenant, services_of
+from data_exhaust.api.deps import CHANNEL_HEADER, ChannelKey, Tenant, parameter, polled, services_of
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError, client_error
 from data_exhaust.api.render import dataset_job, signed_urls
@@ -25,11 +25,14 @@ from data_exhaust.store import JobFilter
 
 router = APIRouter(tags=["dataset requests"])
 API = "ekstep.analytics.dataset.request"
-#: The caller and its channel; read and list also take ``services_of(request)`` rather than
-#: a dependency: on the routes clients poll, each dependency FastAPI solves is measurable.
-ExhaustTenant = Annotated[Tenant, Depends(ChannelKey("exhaust"))]
+#: The caller and its channel. The routes clients poll (read, list) await ``EXHAUST_KEY``
+#: themselves and read their parameters from the request (:func:`~deps.polled`).
+EXHAUST_KEY = ChannelKey("exhaust")
+ExhaustTenant = Annotated[Tenant, Depends(EXHAUST_KEY)]
 UserHeader = Annotated[str | None, Header(alias="X-Authenticated-Userid")]
 RequestIdQuery = Annotated[str | None, Query(alias="requestId")]
+TAG = parameter("tag", "path", "The tag the jobs were submitted with")
+LIMIT = parameter("limit", "query", "How many jobs, newest first: 1–1000 (default 100)")
 Renderer = Callable[[Request, "Services", Job], dict[str, Any]]
 
 
@@ -73,14 +76,13 @@ def parse_limit(raw: str | None, default: int = 100) -> int:
     return limit
 
 
-async def handle_list(
-    request: Request, tenant: Tenant, tag: str, limit: str | None, renderer: Renderer
-) -> Response:
+async def handle_list(request: Request, renderer: Renderer) -> Response:
     """A tag's jobs in the caller's channel, newest first: shared by both list routes (read
     from the event loop, without a thread hop: ``job_reads.py``)."""
-    services = services_of(request)
-    tag = stored_tag(tag, tenant.channel)
-    jobs = await services.jobs.list_tag_async(tag, parse_limit(limit))
+    tenant, services = await EXHAUST_KEY(request), services_of(request)
+    tag = stored_tag(request.path_params["tag"], tenant.channel)
+    limit = parse_limit(request.query_params.get("limit"))
+    jobs = await services.jobs.list_tag_async(tag, limit)
     rendered = [renderer(request, services, job) for job in jobs]
     return envelope(request, {"count": len(rendered), "jobs": rendered})
 
@@ -123,23 +125,22 @@ async def submit_request(
     return await handle_submit(request, tenant, user, DATASET_API, render)
 
 
-@router.get("/dataset/v1/request/read/{tag}", name=f"{API}.info", openapi_extra=CHANNEL_HEADER)
-async def read_request(
-    request: Request, tag: str, tenant: ExhaustTenant, request_id: RequestIdQuery = None
-) -> Response:
+@router.get(
+    "/dataset/v1/request/read/{tag}", name=f"{API}.info",
+    openapi_extra=polled(TAG, parameter("requestId", "query", "The job's requestId")),
+)  # fmt: skip
+async def read_request(request: Request) -> Response:
     """A job of this channel by tag and requestId, with freshly signed download URLs."""
-    services = services_of(request)
-    job = await get_job(services, require_request_id(request_id), stored_tag(tag, tenant.channel))
-    return envelope(request, render(request, services, job))
+    tenant, services = await EXHAUST_KEY(request), services_of(request)
+    request_id = require_request_id(request.query_params.get("requestId"))
+    tag = stored_tag(request.path_params["tag"], tenant.channel)
+    return envelope(request, render(request, services, await get_job(services, request_id, tag)))
 
 
-@router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list", openapi_extra=CHANNEL_HEADER)
-async def list_requests(
-    request: Request, tag: str, tenant: ExhaustTenant,
-    limit: Annotated[str | None, Query()] = None,
-) -> Response:  # fmt: skip
+@router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list", openapi_extra=polled(TAG, LIMIT))
+async def list_requests(request: Request) -> Response:
     """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
-    return await handle_list(request, tenant, tag, limit, render)
+    return await handle_list(request, render)
 
 
 @router.post(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from data_exhaust.api.datasets import (
+    EXHAUST_KEY,
+    LIMIT,
+    TAG,
     ExhaustTenant,
     UserHeader,
     get_job,
@@ -15,7 +18,7 @@ from data_exhaust.api.datasets import (
     handle_submit,
     urls_for,
 )
-from data_exhaust.api.deps import CHANNEL_HEADER, services_of
+from data_exhaust.api.deps import CHANNEL_HEADER, parameter, polled, services_of
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.render import report_job
 from data_exhaust.api.schemas import ReportSubmitBody, body
@@ -43,20 +46,18 @@ async def submit_report(
 
 
 @router.get(
-    "/job/request/read/{tag}/{request_id}", name=f"{API}.info", openapi_extra=CHANNEL_HEADER
-)
-async def read_report(
-    request: Request, tag: str, request_id: str, tenant: ExhaustTenant
-) -> Response:
+    "/job/request/read/{tag}/{request_id}", name=f"{API}.info",
+    openapi_extra=polled(TAG, parameter("request_id", "path", "The job's request id")),
+)  # fmt: skip
+async def read_report(request: Request) -> Response:
     """A report job by tag and request id."""
-    services = services_of(request)
-    job = await get_job(services, request_id, stored_tag(tag, tenant.channel))
+    tenant, services = await EXHAUST_KEY(request), services_of(request)
+    tag = stored_tag(request.path_params["tag"], tenant.channel)
+    job = await get_job(services, request.path_params["request_id"], tag)
     return envelope(request, render(request, services, job))
 
 
-@router.get("/job/request/list/{tag}", name=f"{API}.list", openapi_extra=CHANNEL_HEADER)
-async def list_reports(
-    request: Request, tag: str, tenant: ExhaustTenant, limit: Annotated[str | None, Query()] = None
-) -> Response:
+@router.get("/job/request/list/{tag}", name=f"{API}.list", openapi_extra=polled(TAG, LIMIT))
+async def list_reports(request: Request) -> Response:
     """The report jobs of a tag, newest first."""
-    return await handle_list(request, tenant, tag, limit, render)
+    return await handle_list(request, render)
