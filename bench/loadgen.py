@@ -3,7 +3,8 @@
 httpx costs ~0.3 ms of client CPU per request, which on a 2-core machine would make the client,
 not the server, the ceiling being measured. This client only writes a prepared request and
 reads the status line, headers and ``Content-Length`` body, so the server stays the bottleneck.
-Every connection runs requests back to back until the count or the time limit is reached.
+Every connection is opened before the clock starts, then runs requests back to back until the
+count or the time limit is reached.
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 async def _connection(
-    host: str, port: int, make: RequestMaker, counter: list[int], total: int,
+    stream: Stream, make: RequestMaker, counter: list[int], total: int,
     deadline: float, result: LoadResult,
 ) -> None:  # fmt: skip
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = stream
     try:
         while counter[0] < total and time.perf_counter() < deadline:
             n = counter[0]
@@ -97,11 +101,12 @@ async def _run(
 ) -> LoadResult:
     result = LoadResult()
     counter = [0]
+    # connected before the clock starts: at ~9 k req/s, 64 connections opened inside a run of
+    # 800 requests were a share of the run the bare route paid more of than a slow route
+    streams = await asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(clients)))
     started = time.perf_counter()
     deadline = started + limit_s
-    tasks = [
-        _connection(host, port, make, counter, total, deadline, result) for _ in range(clients)
-    ]
+    tasks = [_connection(stream, make, counter, total, deadline, result) for stream in streams]
     await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - started
     return result
