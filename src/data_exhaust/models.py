@@ -193,6 +193,10 @@ class DownloadAudit(Base):
     downloaded_at: Mapped[datetime] = mapped_column(index=True)
 
 
+def task_index_name(table: str) -> str:
+    return f"ix_{table}_task_id"
+
+
 def task_index(table: str) -> Index:
     """The index a rollback finds one import task's rows by (``DELETE … WHERE task_id = …``).
 
@@ -205,7 +209,7 @@ def task_index(table: str) -> Index:
     ``autosummarize`` keeps the newest ranges summarised after each import. SQLite keeps a
     B-tree."""
     return Index(
-        f"ix_{table}_task_id", "task_id",
+        task_index_name(table), "task_id",
         postgresql_using="brin", postgresql_with={"autosummarize": "on"},
     )  # fmt: skip
 

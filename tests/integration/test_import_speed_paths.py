@@ -14,10 +14,11 @@ import io
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from data_exhaust.csv_lines import ImportFormatError
+from data_exhaust.db import make_engine
 from data_exhaust.import_core import ImportFailed, ImportResult, run_plan
 from data_exhaust.jobs import Status
 from data_exhaust.models import Team
@@ -151,3 +152,18 @@ def test_a_strict_task_with_a_bad_line_deep_in_the_file_fails_with_nothing_left(
     assert task["errors"] == [{"line": 30_002, "message": "line 30002: name is required "
                                "(1 to 600 characters)"}]  # fmt: skip
     assert rows_of(services.engine, job.request_id) == []
+
+
+def test_an_import_leaves_its_task_index_ranges_summarised_on_postgres(
+    postgres_url: str,
+) -> None:
+    # until a BRIN range is summarised, every rollback and undo reads it (table_import's
+    # _delete); the import summarises its own when it ends, rather than waiting for autovacuum
+    engine = make_engine(postgres_url)
+    data = HEADER + b"".join(b"Team %d,,m,\n" % n for n in range(40_000))
+    assert import_teams(engine, lambda: io.BytesIO(data), "t-1", writers=2).inserted == 40_000
+    summarize = text("SELECT brin_summarize_new_values('ix_team_task_id')")
+    with engine.begin() as connection:
+        assert connection.execute(summarize).scalar() == 0
+    assert rollback_teams(engine, "t-1") == 40_000 and rows_of(engine, "t-1") == []
+    engine.dispose()
