@@ -50,6 +50,38 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+@cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None on another C library."""
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    return mallopt
+
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep and reuse the memory a bulk ingest frees, rather than hand it back to
+    the system and fault it in again, zeroed, for the next chunk.
+
+    Each chunk of ``exhaust ingest FILE`` (5,000 lines, ~6.5 MB, and its parsed events and
+    rows) is allocated and freed again: the buffers over glibc's mmap threshold were mapped
+    and unmapped per chunk, and the heap's top trimmed and grown again, 3.9 page faults per
+    event. With buffers up to 32 MB taken from the heap, and up to 256 MB freed at its top
+    kept: 250,000 events 6.19 → 5.42 s, system CPU 3.61 → 1.78 s, peak RSS 160 → 173 MB
+    (bench/README.md, ingest). For bulk-ingest processes only: a server's RSS would keep its
+    peaks (the HTTP ingest measured no difference).
+    """
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(M_TRIM_THRESHOLD, 256 << 20)
+        mallopt(M_TOP_PAD, 64 << 20)
+
+
 def release_free_memory() -> None:
     """Give the memory a finished job freed back to the operating system.
 

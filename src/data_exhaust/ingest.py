@@ -22,7 +22,7 @@ import orjson
 import structlog
 
 from data_exhaust.api.errors import ApiError
-from data_exhaust.heap import freeze_heap
+from data_exhaust.heap import freeze_heap, keep_freed_memory
 from data_exhaust.lake import Lake
 from data_exhaust.telemetry import EVENTS_HINT, check_event, flatten
 
@@ -183,6 +183,7 @@ def _ingest_blob(lake: Lake, blob: bytes, first_line: int, source: str) -> tuple
 def _worker_start(root: str, segment_bytes: int) -> None:
     global _worker_lake
     _worker_lake = Lake(Path(root), segment_bytes=segment_bytes)
+    keep_freed_memory()
     freeze_heap()
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from data_exhaust.cli.tables import print_table
 from data_exhaust.constants import SCOPES
-from data_exhaust.heap import freeze_heap
+from data_exhaust.heap import freeze_heap, keep_freed_memory
 
 if TYPE_CHECKING:
     from data_exhaust.services import Services
@@ -186,6 +186,7 @@ def ingest(
     # The lake alone: a bulk load touches no table, and building the services (their
     # database, its migration check, the executor's imports) was ~1 s of every run.
     lake = Lake.from_url(Settings().resolved_lake_url)
+    keep_freed_memory()
     freeze_heap()
     columns = (
         TextColumn("ingest"),
