@@ -288,7 +288,9 @@ def bulk_ceiling_rows(found: dict[str, Any], count: int) -> list[Row]:
             f"{fmt_rate(rate, 'events/s')} ({fmt_s(duck[key]['median_s'])})", "",
             f"{rate / BULK_TARGET:.2f}× target",
         ))  # fmt: skip
-    labels = {"loads": "orjson.loads", "loads_dumps_sha256": "loads + sorted dumps + sha256"}
+    labels = {"loads": "orjson.loads", "loads_dumps_sha256": "loads + sorted dumps + sha256",
+              "lake_row": "the service's per-event work, no I/O (check_event, flatten, "
+                          "row JSON)"}  # fmt: skip
     for key, label in labels.items():
         one = found["python"][key]["one_process"]
         many = found["python"][key][f"{PROCESSES}_processes"]

@@ -5,8 +5,9 @@ what any implementation in this architecture can reach on this machine.
   driven by the same ``load()`` with the same bodies: read + ``orjson.loads``, and read only.
 * Bulk, on the JSON-lines file of the ``exhaust ingest FILE`` row: DuckDB alone (``read_json``
   → ``count(*)``, and → Parquet of a few flattened columns), and Python alone (``orjson.loads``
-  per line; plus canonical JSON and SHA-256, the least the ingest does per event) on one
-  process and on a ``multiprocessing`` pool of 2 over the two halves of the file.
+  per line; plus canonical JSON and SHA-256, the least the ingest does per event; and the
+  service's own per-event work for the lake's flattened rows, without I/O) on one process and
+  on a ``multiprocessing`` pool of 2 over the two halves of the file.
 """
 
 from __future__ import annotations
@@ -131,9 +132,18 @@ def _rates(events: int, seconds: list[float]) -> dict[str, Any]:
 # -- bulk: Python alone --------------------------------------------------------------------
 
 
-def python_pass(path: str, start: int, end: int, canonical: bool) -> tuple[int, int, float]:
-    """Parse every line of ``path`` in bytes ``[start, end)`` (and, when ``canonical``, make
-    its sorted compact JSON and SHA-256 hex digest); (pid, lines, CPU seconds)."""
+#: The per-line passes: parse only; parse + the sorted compact JSON and SHA-256 that dedup
+#: needs; and the service's whole per-event work for the lake's row format, with no I/O
+#: (``check_event``: the checks, canonical JSON; ``flatten``: the columns and hash; the row's
+#: JSON line), which is what a bulk ingest does per event before it writes.
+PASSES = ("loads", "loads_dumps_sha256", "lake_row")
+
+
+def python_pass(path: str, start: int, end: int, mode: str) -> tuple[int, int, float]:
+    """One of :data:`PASSES` over every line of ``path`` in bytes ``[start, end)``; (pid,
+    lines, CPU seconds)."""
+    from data_exhaust.telemetry import check_event, flatten
+
     cpu = time.process_time()
     lines, left = 0, end - start
     with open(path, "rb") as source:
@@ -143,8 +153,11 @@ def python_pass(path: str, start: int, end: int, canonical: bool) -> tuple[int, 
                 break
             left -= len(line)
             event = orjson.loads(line)
-            if canonical:
+            if mode == "loads_dumps_sha256":
                 sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            elif mode == "lake_row":
+                _, canonical = check_event(event)
+                orjson.dumps(flatten(event, canonical), option=orjson.OPT_APPEND_NEWLINE)
             lines += 1
     return os.getpid(), lines, time.process_time() - cpu
 
@@ -162,30 +175,29 @@ def halves(path: Path) -> list[tuple[int, int]]:
 def python_ceilings(path: Path, events: int, runs: int) -> dict[str, Any]:
     """Both passes on one process (this one), then on a pool of :data:`PROCESSES` (started
     only then, so that its start-up does not overlap the single-process runs); wall time."""
-    passes = {"loads": False, "loads_dumps_sha256": True}
     found: dict[str, Any] = {}
-    for name, canonical in passes.items():
-        one = [_one_process(path, events, canonical) for _ in range(runs)]
-        found[name] = {"one_process": _summary(events, one)}
+    for mode in PASSES:
+        one = [_one_process(path, events, mode) for _ in range(runs)]
+        found[mode] = {"one_process": _summary(events, one)}
     spawn = multiprocessing.get_context("spawn")  # no fork of a process with DuckDB's threads
     with spawn.Pool(PROCESSES) as pool:
-        for name, canonical in passes.items():
-            _pooled(pool, path, events, canonical)  # warm-up: both workers started and idle
-            two = [_pooled(pool, path, events, canonical) for _ in range(runs)]
-            found[name][f"{PROCESSES}_processes"] = _summary(events, two)
+        for mode in PASSES:
+            _pooled(pool, path, events, mode)  # warm-up: both workers started and idle
+            two = [_pooled(pool, path, events, mode) for _ in range(runs)]
+            found[mode][f"{PROCESSES}_processes"] = _summary(events, two)
     return found
 
 
-def _one_process(path: Path, events: int, canonical: bool) -> dict[str, Any]:
+def _one_process(path: Path, events: int, mode: str) -> dict[str, Any]:
     started = time.perf_counter()
-    _, lines, cpu = python_pass(str(path), 0, path.stat().st_size, canonical)
+    _, lines, cpu = python_pass(str(path), 0, path.stat().st_size, mode)
     wall = time.perf_counter() - started
     _check(lines, events)
     return {"seconds": wall, "cpu_s": cpu}
 
 
-def _pooled(pool: Pool, path: Path, events: int, canonical: bool) -> dict[str, Any]:
-    ranges = [(str(path), start, end, canonical) for start, end in halves(path)]
+def _pooled(pool: Pool, path: Path, events: int, mode: str) -> dict[str, Any]:
+    ranges = [(str(path), start, end, mode) for start, end in halves(path)]
     started = time.perf_counter()
     parts = pool.starmap(python_pass, ranges, chunksize=1)
     wall = time.perf_counter() - started

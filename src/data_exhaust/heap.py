@@ -71,7 +71,8 @@ def keep_freed_memory() -> None:
     rows) is allocated and freed again: the buffers over glibc's mmap threshold were mapped
     and unmapped per chunk, and the heap's top trimmed and grown again, 3.9 page faults per
     event. With buffers up to 32 MB taken from the heap, and up to 256 MB freed at its top
-    kept: 250,000 events 6.19 → 5.42 s, system CPU 3.61 → 1.78 s, peak RSS 160 → 173 MB
+    kept: 250,000 events 6.19-6.35 → 5.36-5.61 s, system CPU 3.61 → 1.55-2.08 s, peak RSS
+    160 → 173 MB
     (bench/README.md, ingest). For bulk-ingest processes only: a server's RSS would keep its
     peaks (the HTTP ingest measured no difference).
     """
