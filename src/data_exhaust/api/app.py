@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -103,10 +103,21 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     app.state.services = services
     app.state.metrics = Metrics(lambda where: services.jobs.search(where, 0)[0])
     for module in (datasets, reports, telemetry, registry, download, audit, ops, tasks, pages):
-        app.include_router(module.router)
+        add_routes(app, module.router)
     _install_handlers(app)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+def add_routes(app: FastAPI, router: APIRouter) -> None:
+    """The routes of ``router`` added to the app's own router, as ``include_router`` did
+    before FastAPI 0.165 (the routes carry their router's tags and ``include_in_schema``).
+
+    ``include_router`` now keeps the router as a branch that every request walks through:
+    in process, a constant route inside an included router cost 74 µs of CPU per request
+    against 48 µs on the app's own router (bench/README.md, API). None of these routers has
+    a prefix, dependencies or settings of its own to apply at inclusion."""
+    app.router.routes.extend(router.routes)
 
 
 class RequestMetrics:
