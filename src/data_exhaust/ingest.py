@@ -23,7 +23,7 @@ import structlog
 
 from data_exhaust.api.errors import ApiError
 from data_exhaust.heap import freeze_heap, keep_freed_memory
-from data_exhaust.lake import Lake
+from data_exhaust.lake import Lake, encode_rows
 from data_exhaust.telemetry import EVENTS_HINT, check_event, flatten
 
 if TYPE_CHECKING:  # SQLAlchemy is imported where used: ingest_file's worker processes start
@@ -158,9 +158,17 @@ def _line_events(line: bytes, number: int) -> Iterator[tuple[object, dict[str, A
         yield parsed, {"line": number}
 
 
+#: Rows encoded at a time while a chunk is read: a chunk's 5,000 events and rows held until
+#: the end cost 25 µs per event to parse, check, flatten and encode, against 21-23 µs when
+#: they are encoded (and freed) a few hundred at a time (bench/README.md, ingest).
+ENCODE_EVERY = 256
+
+
 def _ingest_blob(lake: Lake, blob: bytes, first_line: int, source: str) -> tuple[int, int]:
     """Store the lines of ``blob`` (line ``first_line`` onwards); (accepted, rejected)."""
     rows: list[dict[str, Any]] = []
+    encoded: list[bytes] = []
+    accepted = 0
     bad: list[dict[str, Any]] = []
     for number, line in enumerate(blob.split(b"\n"), start=first_line):
         if not line.strip():
@@ -175,9 +183,15 @@ def _ingest_blob(lake: Lake, blob: bytes, first_line: int, source: str) -> tuple
             else:
                 errors = [f"line {number}: {message}" for message in errors]
                 bad.append({**where, "source": source, "errors": errors, "event": event})
-    lake.append(rows)
+        if len(rows) >= ENCODE_EVERY:
+            accepted += len(rows)
+            encoded.append(encode_rows(rows))
+            rows = []
+    accepted += len(rows)
+    encoded.append(encode_rows(rows))
+    lake.append_encoded(b"".join(encoded))
     lake.quarantine(bad)
-    return len(rows), len(bad)
+    return accepted, len(bad)
 
 
 def _worker_start(root: str, segment_bytes: int) -> None:

@@ -106,6 +106,11 @@ class _Segment:
     pid: int
 
 
+def encode_rows(rows: Iterable[dict[str, Any]]) -> bytes:
+    """Flattened rows as the JSON lines of a raw segment (see :meth:`Lake.append`)."""
+    return b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows])
+
+
 class Lake:
     """A lake on the local filesystem (``file://`` URL); see the module docstring for the design."""
 
@@ -145,9 +150,13 @@ class Lake:
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append flattened rows to this writer's segment: one write, one fsync, then return."""
-        if not rows:
+        self.append_encoded(encode_rows(rows))
+
+    def append_encoded(self, data: bytes) -> None:
+        """Append rows already encoded by :func:`encode_rows` (whole lines), as :meth:`append`
+        does: a caller with many rows may encode them as it goes, a few at a time."""
+        if not data:
             return
-        data = b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows])
         with self._lock:
             segment = self._current()
             os.write(segment.fd, data)  # O_APPEND: one call, whole lines, at the end

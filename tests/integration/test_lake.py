@@ -237,6 +237,23 @@ def test_ingest_file_quarantines_bad_lines_with_their_numbers(
     assert lake.stats()["quarantined"] == 2
 
 
+def test_a_chunk_longer_than_an_encoding_batch_keeps_every_row_once(
+    lake: Lake, tmp_path: Path
+) -> None:
+    # _ingest_blob encodes rows ENCODE_EVERY at a time: none lost or doubled at the seams
+    from data_exhaust.ingest import ENCODE_EVERY
+
+    total = ENCODE_EVERY * 2 + 7
+    lines = [orjson.dumps(ftp_event(ets=DAY1 + i, mid=f"m-{i}")) for i in range(total)]
+    lines.insert(ENCODE_EVERY, b"{not json")
+    done = ingest_file(write_lines(tmp_path / "events.jsonl", lines), lake, workers=1)
+    assert (done.accepted, done.rejected) == (total, 1)
+    raw = [
+        orjson.loads(line) for f in lake.raw.glob("*.jsonl") for line in f.read_bytes().splitlines()
+    ]
+    assert sorted(row["mid"] for row in raw) == sorted(f"m-{i}" for i in range(total))
+
+
 def test_ingestor_stores_a_batch_once_per_msgid(lake: Lake, sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     ingestor = Ingestor(lake, engine)
