@@ -131,10 +131,22 @@ async def submit_request(
 )  # fmt: skip
 async def read_request(request: Request) -> Response:
     """A job of this channel by tag and requestId, with freshly signed download URLs."""
+    return await handle_read(request, query_request_id, render)
+
+
+def query_request_id(request: Request) -> str:
+    return require_request_id(request.query_params.get("requestId"))
+
+
+async def handle_read(
+    request: Request, request_id_of: Callable[[Request], str], renderer: Renderer
+) -> Response:
+    """One job of the caller's channel by its tag and request id (``request_id_of``, read
+    after the key is checked): shared by both read routes (from the event loop)."""
     tenant, services = await EXHAUST_KEY(request), services_of(request)
-    request_id = require_request_id(request.query_params.get("requestId"))
+    request_id = request_id_of(request)
     tag = stored_tag(request.path_params["tag"], tenant.channel)
-    return envelope(request, render(request, services, await get_job(services, request_id, tag)))
+    return envelope(request, renderer(request, services, await get_job(services, request_id, tag)))
 
 
 @router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list", openapi_extra=polled(TAG, LIMIT))

@@ -8,22 +8,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from data_exhaust.api.datasets import (
-    EXHAUST_KEY,
     LIMIT,
     TAG,
     ExhaustTenant,
     UserHeader,
-    get_job,
     handle_list,
+    handle_read,
     handle_submit,
     urls_for,
 )
-from data_exhaust.api.deps import CHANNEL_HEADER, parameter, polled, services_of
-from data_exhaust.api.envelope import envelope
+from data_exhaust.api.deps import CHANNEL_HEADER, parameter, polled
 from data_exhaust.api.render import report_job
 from data_exhaust.api.schemas import ReportSubmitBody, body
 from data_exhaust.api.submission import REPORT_API
-from data_exhaust.jobs import Job, stored_tag
+from data_exhaust.jobs import Job
 from data_exhaust.services import Services
 
 router = APIRouter(tags=["report jobs (seed 001)"])
@@ -51,10 +49,7 @@ async def submit_report(
 )  # fmt: skip
 async def read_report(request: Request) -> Response:
     """A report job by tag and request id."""
-    tenant, services = await EXHAUST_KEY(request), services_of(request)
-    tag = stored_tag(request.path_params["tag"], tenant.channel)
-    job = await get_job(services, request.path_params["request_id"], tag)
-    return envelope(request, render(request, services, job))
+    return await handle_read(request, lambda r: str(r.path_params["request_id"]), render)
 
 
 @router.get("/job/request/list/{tag}", name=f"{API}.list", openapi_extra=polled(TAG, LIMIT))
