@@ -60,6 +60,7 @@ FORM_LIMITS = {
     "record_longitude": 40,
 }
 log = structlog.get_logger(__name__)
+Model = type[Team] | type[FormResponse]
 NAME_REQUIRED = "name is required (1 to 600 characters)"
 CSV_OUT = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
 MOBILE = re.compile(r"\+?[0-9]{3,19}")
@@ -112,9 +113,6 @@ def rollback_form_responses(engine: Engine, task_id: str) -> int:
     return _delete(engine, FormResponse, task_id)
 
 
-Model = type[Team] | type[FormResponse]
-
-
 def _delete(engine: Engine, model: Model, task_id: str) -> int:
     """Delete one task's rows. On Postgres through the BRIN task index (``models.task_index``)
     even where the planner's statistics, not yet updated after a large import, would pick a
@@ -151,7 +149,7 @@ def summarized(engine: Engine, model: Model) -> Iterator[None]:
 
 
 def _insert(
-    model: type[Team] | type[FormResponse], task_id: str, session: Session,
+    model: Model, task_id: str, session: Session,
     batch: list[tuple[int, Any]], result: ImportResult, write: bool,
 ) -> None:  # fmt: skip
     result.accepted += len(batch)
@@ -187,9 +185,7 @@ def _copy_statement(table: str, columns: list[str], options: str = "") -> Compos
     )
 
 
-def _write_table(
-    model: type[Team] | type[FormResponse], task_id: str, connection: Connection, table: pa.Table
-) -> None:
+def _write_table(model: Model, task_id: str, connection: Connection, table: pa.Table) -> None:
     """Insert a validated batch tagged with ``task_id``; on Postgres one ``COPY … FROM STDIN
     (FORMAT csv)`` of the batch written by pyarrow (every value quoted: never NULL)."""
     table = table.combine_chunks()  # pyarrow 26's CSV writer garbles some chunked slices

@@ -111,12 +111,13 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:
     """The routes of ``router`` added to the app's own router, as ``include_router`` did
-    before FastAPI 0.165 (the routes carry their router's tags and ``include_in_schema``).
+    before FastAPI 0.165. Each route already carries what its router gave it when it was
+    declared (prefix, tags, dependencies, ``include_in_schema``); only ``include_router``'s
+    own arguments would be lost, and none are needed here.
 
     ``include_router`` now keeps the router as a branch that every request walks through:
     in process, a constant route inside an included router cost 74 µs of CPU per request
-    against 48 µs on the app's own router (bench/README.md, API). None of these routers has
-    a prefix, dependencies or settings of its own to apply at inclusion."""
+    against 48 µs on the app's own router (bench/README.md, API)."""
     app.router.routes.extend(router.routes)
 
 
