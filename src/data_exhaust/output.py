@@ -45,7 +45,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from data_exhaust.jobs import OutputFile
 
@@ -289,7 +288,13 @@ def _write_jsonl(
 def _write_parquet(
     sink: _HashingSink, names: list[str], batches: pa.RecordBatchReader, options: _Options
 ) -> int:
-    """A Parquet file whose columns are named by the header; values unaltered."""
+    """A Parquet file whose columns are named by the header; values unaltered.
+
+    ``pyarrow.parquet`` is imported here, by the first Parquet export: with the filesystems
+    it brings (S3, GCS, Azure, HDFS) it adds ~7 MB to every process that runs jobs, most of
+    which never write Parquet (bench/README.md, memory)."""
+    import pyarrow.parquet as pq
+
     schema = pa.schema([f.with_name(n) for f, n in zip(batches.schema, names, strict=True)])
     rows = 0
     with _finishing(sink, pq.ParquetWriter(sink, schema)) as writer:
