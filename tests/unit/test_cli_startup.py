@@ -24,8 +24,9 @@ def test_one_sync_module_does_not_load_the_others() -> None:
     assert "sqlalchemy" in loaded
 
 
-def test_the_embedded_server_does_not_load_the_postgres_driver(tmp_path: Path) -> None:
-    """On the SQLite default, psycopg (~26 MB of a worker's RSS) stays out of the process."""
+def test_the_embedded_server_loads_neither_the_postgres_driver_nor_parquet(tmp_path: Path) -> None:
+    """On the SQLite default, psycopg (~26 MB of a worker's RSS) stays out of the process, and
+    so does ``pyarrow.parquet`` with its cloud filesystems (~5 MB) until a Parquet export."""
     code = (
         "import sys\n"
         "from data_exhaust.cli.admin import services\n"
@@ -38,3 +39,4 @@ def test_the_embedded_server_does_not_load_the_postgres_driver(tmp_path: Path) -
     loaded = set(subprocess.check_output([sys.executable, "-c", code], text=True, env=env).split())
     assert "data_exhaust.api.tasks" in loaded and "sqlalchemy" in loaded
     assert not {name for name in loaded if name.startswith("psycopg")}
+    assert "pyarrow.csv" in loaded and "pyarrow.parquet" not in loaded
