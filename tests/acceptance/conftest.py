@@ -113,6 +113,7 @@ class Deployment:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(timeout=10)  # reaped: no "subprocess is still running" at GC
 
 
 @pytest.fixture
