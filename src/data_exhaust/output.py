@@ -291,7 +291,7 @@ def _write_parquet(
     """A Parquet file whose columns are named by the header; values unaltered.
 
     ``pyarrow.parquet`` is imported here, by the first Parquet export: with the filesystems
-    it brings (S3, GCS, Azure, HDFS) it adds ~7 MB to every process that runs jobs, most of
+    it brings (S3, GCS, Azure, HDFS) it added ~5 MB to every process that runs jobs, most of
     which never write Parquet (bench/README.md, memory)."""
     import pyarrow.parquet as pq
 
