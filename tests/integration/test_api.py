@@ -306,6 +306,36 @@ def test_polled_routes_document_their_parameters_and_key(client: TestClient) -> 
         assert operation["security"] == [{"ApiKey": []}], path
 
 
+def test_polled_routes_are_counted_checked_and_answer_in_the_envelope(
+    client: TestClient, key: str, services: Services
+) -> None:
+    # read and list skip FastAPI's request handler (deps.PolledRoute): they must still be
+    # counted by route template, refuse another method, and answer errors in the envelope
+    assert client.get("/dataset/v1/request/list/t1", headers=headers(key)).status_code == 200
+    unknown = client.get("/dataset/v1/request/read/t1?requestId=NOPE", headers=headers(key))
+    assert error_of(unknown)[:2] == (404, "RESOURCE_NOT_FOUND")
+    assert unknown.json()["id"] == "ekstep.analytics.dataset.request.info"
+    assert error_of(client.get("/job/request/list/t1"))[:2] == (401, "UNAUTHORIZED")
+    wrong = client.post("/dataset/v1/request/list/t1", headers=headers(key))
+    assert error_of(wrong)[1:] == ("CLIENT_ERROR", "Method Not Allowed")
+    admin = services.keys.create("ops", [], ["admin"])[1]
+    metrics = client.get("/metrics", headers=headers(admin)).text
+    assert 'route="/dataset/v1/request/list/{tag}",status="200"} 1.0' in metrics
+    assert 'route="/dataset/v1/request/read/{tag}",status="404"} 1.0' in metrics
+    assert 'route="/job/request/list/{tag}",status="401"} 1.0' in metrics
+
+
+def test_a_polled_route_takes_only_the_request() -> None:
+    from fastapi import APIRouter
+
+    from data_exhaust.api.deps import polled_get
+
+    async def declared(request: Any, tag: str) -> Any: ...
+
+    with pytest.raises(TypeError, match="declared: a polled route's endpoint takes only"):
+        polled_get(APIRouter(), "/x/{tag}", "x")(declared)
+
+
 def telemetry_batch(*events: dict[str, Any], msgid: str = "b-1") -> dict[str, Any]:
     return {
         "id": "api.sunbird.telemetry",

@@ -10,7 +10,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from data_exhaust.api.deps import CHANNEL_HEADER, ChannelKey, Tenant, parameter, polled, services_of
+from data_exhaust.api.deps import (
+    CHANNEL_HEADER,
+    ChannelKey,
+    Tenant,
+    parameter,
+    polled_get,
+    services_of,
+)
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError, client_error
 from data_exhaust.api.render import dataset_job, signed_urls
@@ -125,9 +132,9 @@ async def submit_request(
     return await handle_submit(request, tenant, user, DATASET_API, render)
 
 
-@router.get(
-    "/dataset/v1/request/read/{tag}", name=f"{API}.info",
-    openapi_extra=polled(TAG, parameter("requestId", "query", "The job's requestId")),
+@polled_get(
+    router, "/dataset/v1/request/read/{tag}", f"{API}.info",
+    TAG, parameter("requestId", "query", "The job's requestId"),
 )  # fmt: skip
 async def read_request(request: Request) -> Response:
     """A job of this channel by tag and requestId, with freshly signed download URLs."""
@@ -149,7 +156,7 @@ async def handle_read(
     return envelope(request, renderer(request, services, await get_job(services, request_id, tag)))
 
 
-@router.get("/dataset/v1/request/list/{tag}", name=f"{API}.list", openapi_extra=polled(TAG, LIMIT))
+@polled_get(router, "/dataset/v1/request/list/{tag}", f"{API}.list", TAG, LIMIT)
 async def list_requests(request: Request) -> Response:
     """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
     return await handle_list(request, render)

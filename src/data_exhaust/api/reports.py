@@ -17,7 +17,7 @@ from data_exhaust.api.datasets import (
     handle_submit,
     urls_for,
 )
-from data_exhaust.api.deps import CHANNEL_HEADER, parameter, polled
+from data_exhaust.api.deps import CHANNEL_HEADER, parameter, polled_get
 from data_exhaust.api.render import report_job
 from data_exhaust.api.schemas import ReportSubmitBody, body
 from data_exhaust.api.submission import REPORT_API
@@ -43,16 +43,16 @@ async def submit_report(
     return await handle_submit(request, tenant, user, REPORT_API, render)
 
 
-@router.get(
-    "/job/request/read/{tag}/{request_id}", name=f"{API}.info",
-    openapi_extra=polled(TAG, parameter("request_id", "path", "The job's request id")),
+@polled_get(
+    router, "/job/request/read/{tag}/{request_id}", f"{API}.info",
+    TAG, parameter("request_id", "path", "The job's request id"),
 )  # fmt: skip
 async def read_report(request: Request) -> Response:
     """A report job by tag and request id."""
     return await handle_read(request, lambda r: str(r.path_params["request_id"]), render)
 
 
-@router.get("/job/request/list/{tag}", name=f"{API}.list", openapi_extra=polled(TAG, LIMIT))
+@polled_get(router, "/job/request/list/{tag}", f"{API}.list", TAG, LIMIT)
 async def list_reports(request: Request) -> Response:
     """The report jobs of a tag, newest first."""
     return await handle_list(request, render)
