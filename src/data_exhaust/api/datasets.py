@@ -33,7 +33,7 @@ from data_exhaust.store import JobFilter
 router = APIRouter(tags=["dataset requests"])
 API = "ekstep.analytics.dataset.request"
 #: The caller and its channel. The routes clients poll (read, list) await ``EXHAUST_KEY``
-#: themselves and read their parameters from the request (:func:`~deps.polled`).
+#: themselves and read their parameters from the request (:class:`~deps.PolledRoute`).
 EXHAUST_KEY = ChannelKey("exhaust")
 ExhaustTenant = Annotated[Tenant, Depends(EXHAUST_KEY)]
 UserHeader = Annotated[str | None, Header(alias="X-Authenticated-Userid")]
