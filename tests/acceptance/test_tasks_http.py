@@ -24,14 +24,17 @@ def task(base: str, headers: dict[str, str], task_id: str) -> dict[str, Any]:
 
 
 def test_upload_watch_progress_stop_and_rollback(deployment: Deployment) -> None:
-    base = deployment.serve(EXHAUST_IMPORT_BATCH_ROWS="20")
+    # one row a transaction: 60,000 commits keep the import running for seconds, far longer
+    # than a poll (with 20 rows a batch, a fast machine finished it between two polls)
+    base = deployment.serve(EXHAUST_IMPORT_BATCH_ROWS="1")
     headers = {"Authorization": f"Bearer {deployment.create_key('ops', 'admin')}"}
     files = {"file": ("teams.csv", big_teams_csv(60_000), "text/csv")}
     answer = httpx.post(f"{base}/v1/imports/teams", files=files, headers=headers, timeout=60)
     assert answer.status_code == 200, answer.text
     task_id = answer.json()["result"]["taskId"]
-    wait_until(lambda: task(base, headers, task_id)["progress"]["done"] > 0)
-    moving = task(base, headers, task_id)
+    seen: list[dict[str, Any]] = []
+    wait_until(lambda: seen.append(task(base, headers, task_id)) or seen[-1]["progress"]["done"])
+    moving = seen[-1]  # the answer that showed progress, not a later one
     assert moving["status"] == "PROCESSING" and moving["progress"]["total"] == 60_000
     stop = httpx.get(f"{base}/stop_task/{task_id}", headers=headers).json()["result"]
     assert stop["outcome"] in ("stopping", "stopped")
