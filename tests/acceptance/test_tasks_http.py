@@ -33,7 +33,12 @@ def test_upload_watch_progress_stop_and_rollback(deployment: Deployment) -> None
     assert answer.status_code == 200, answer.text
     task_id = answer.json()["result"]["taskId"]
     seen: list[dict[str, Any]] = []
-    wait_until(lambda: seen.append(task(base, headers, task_id)) or seen[-1]["progress"]["done"])
+
+    def progressed() -> bool:
+        seen.append(task(base, headers, task_id))
+        return bool(seen[-1]["progress"]["done"])
+
+    wait_until(progressed)
     moving = seen[-1]  # the answer that showed progress, not a later one
     assert moving["status"] == "PROCESSING" and moving["progress"]["total"] == 60_000
     stop = httpx.get(f"{base}/stop_task/{task_id}", headers=headers).json()["result"]
