@@ -37,7 +37,8 @@ from typing import Any
 
 import orjson
 
-from data_exhaust.lake import ROW_GROUP_ROWS, SORT_ORDER, Lake
+from data_exhaust.compaction import ROW_GROUP_ROWS, SORT_ORDER
+from data_exhaust.lake import Lake
 from data_exhaust.telemetry import check_event, flatten
 
 ROOT = Path(__file__).resolve().parent
@@ -53,7 +54,7 @@ DAY_MS = 86_400_000
 CHUNK = 20_000
 #: The compacted files' layout is part of a cached lake's name: a lake made by an older
 #: compaction is made again rather than measured as if it were today's.
-LAYOUT = "l" + hashlib.sha256(f"{SORT_ORDER}|{ROW_GROUP_ROWS}".encode()).hexdigest()[:8]
+LAYOUT = "l" + hashlib.sha256(f"{SORT_ORDER}|{ROW_GROUP_ROWS}|merged".encode()).hexdigest()[:8]
 
 TITLES = [
     "Which subject do you like most, and why? / आपको कौन सा विषय सबसे ज़्यादा पसंद है और क्यों?",

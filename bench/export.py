@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import tempfile
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,8 @@ def bounds_ms(first: date, last: date) -> tuple[int, int]:
 
 
 def _parquet_files(lake: Path, first: date, last: date) -> list[str]:
-    files: list[str] = []
-    day = first
-    while day <= last:
-        files.extend(str(p) for p in sorted((lake / "events" / f"date={day}").glob("*.parquet")))
-        day += timedelta(days=1)
-    return files
+    """The files the service's queries read for these days (merged days: one file each)."""
+    return [str(path) for path in Lake(lake).parquet_files(first, last)]
 
 
 def duckdb_copy_sql(lake: Path, conversation: str, first: date, last: date, out: Path) -> str:

@@ -4,7 +4,9 @@ Layout under the root::
 
     raw/<segment>.jsonl                       flattened rows, appended and fsync'd per batch
     events/date=YYYY-MM-DD/part-<segment>.<n>.parquet   compacted rows (plain Hive layout)
+    events/date=YYYY-MM-DD/part-merge-<id>.0.parquet    a finished day's files, merged
     compacted/<segment>                       commit marker: the segment now lives in Parquet
+    compacted/merge-<id>                      commit marker of a day merge, naming what it replaces
     quarantine/<pid>-<uuid>.jsonl             rejected events with their errors
 
 Why it is safe without a coordinator:
@@ -22,13 +24,15 @@ Why it is safe without a coordinator:
   compaction: invisible, and removed when the compaction is redone.
 * A compacted raw segment is deleted only ``grace_seconds`` after its marker, so a query that
   listed it just before the commit can still read it.
+* A day merge (:mod:`data_exhaust.compaction`) commits the same way: its marker names the files
+  it replaces; readers that see the marker read the merged file instead of those, and those
+  are deleted ``grace_seconds`` later.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -62,15 +66,8 @@ JSON_COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.i
 RAW_SUFFIX = ".jsonl"
 MB = 1024 * 1024
 DuckConfigValue = str | bool | int | float | list[str]
-#: How compacted rows are ordered in each Parquet file: one conversation's rows are together
-#: and in time order, so min/max statistics let a query skip the row groups of other
-#: conversations and other hours (a 1-of-50 conversation export reads ~1/10 of a file), and an
-#: export sorts rows that are already nearly in order.
-SORT_ORDER = "conversation_id, ets, mid, event_hash"
-#: Rows per Parquet row group: the unit a query skips (DuckDB's default is 122,880).
-ROW_GROUP_ROWS = 10_240
-#: DuckDB memory cap of a compaction (the server compacts in its maintenance thread).
-COMPACTION_MEMORY = "256MB"
+#: The id prefix of a day merge's file and marker (``data_exhaust.compaction``).
+MERGE_PREFIX = "merge-"
 
 
 def _quote(text: str) -> str:
@@ -81,19 +78,8 @@ def _file_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join(_quote(str(p)) for p in paths) + "]"
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically (temp file, fsync, rename, fsync of the directory)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _segment_of(parquet_name: str) -> str:
-    """``part-<segment>.<n>.parquet`` → ``<segment>`` (segment ids hold no dots)."""
+    """``part-<id>.<n>.parquet`` → ``<id>``, a segment's or a merge's (ids hold no dots)."""
     return parquet_name.removeprefix("part-").split(".", 1)[0]
 
 
@@ -121,6 +107,7 @@ class Lake:
         segment_bytes: int = 64 * MB,
         segment_seconds: float = 600.0,
         grace_seconds: float = 3600.0,
+        merge_files: int = 2,
     ) -> None:
         self.root = Path(root)
         self.raw = self.root / "raw"
@@ -132,19 +119,23 @@ class Lake:
         self.segment_bytes = segment_bytes
         self.segment_seconds = segment_seconds
         self.grace_seconds = grace_seconds
+        #: A finished day with this many visible files or more is merged into one (0: never).
+        self.merge_files = merge_files
+        self._merges: dict[str, tuple[str, frozenset[str]]] = {}  # markers never change
+        self.cleaned: set[str] = set()  # merges whose replaced files are deleted
         self._lock = threading.Lock()
         self._segment: _Segment | None = None
         self._quarantine_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> Lake:
+    def from_url(cls, url: str, *, merge_files: int = 2) -> Lake:
         parsed = urlparse(url)
         if parsed.scheme != "file":
             raise ValueError(
                 f"unsupported lake URL {url!r}: only file:// URLs are supported "
                 "(e.g. file:///var/lib/exhaust/lake)"
             )
-        return cls(Path(unquote(parsed.path)))
+        return cls(Path(unquote(parsed.path)), merge_files=merge_files)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -219,99 +210,19 @@ class Lake:
                 os.close(fd)
         log.warning("lake.quarantined", items=data.count(b"\n"))
 
-    # -- compaction ----------------------------------------------------------------------
+    # -- compaction (data_exhaust.compaction) -----------------------------------------
 
-    def compact(self) -> int:
-        """Move every closed raw segment into Parquet; the number of events moved.
+    def compact(self, today: date | None = None) -> int:
+        """Move every closed raw segment into Parquet and merge the finished days' files
+        (before ``today``, UTC by default); the number of events moved out of raw segments.
 
         This writer's own open segment is rolled first. Segments still open in other
         processes (locked) are left for a later run; they stay queryable raw meanwhile.
         """
+        from data_exhaust import compaction  # the ingest workers never compact: no DuckDB
+
         self.roll()
-        total = 0
-        for path in sorted(self.raw.glob(f"*{RAW_SUFFIX}")):
-            total += self._compact_segment(path)
-        self._delete_compacted_raw()
-        return total
-
-    def _compact_segment(self, path: Path) -> int:
-        segment_id = path.name.removesuffix(RAW_SUFFIX)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # deleted by a concurrent compaction
-            return 0
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0  # a live writer or another compaction holds it
-            if (self.markers / segment_id).exists() or not path.exists():
-                return 0
-            count = self._write_parquet(path, segment_id)
-            _write_durably(self.markers / segment_id, orjson.dumps({"events": count}))
-            log.info("lake.segment_compacted", segment=segment_id, events=count)
-            return count
-        finally:
-            os.close(fd)
-
-    def _write_parquet(self, path: Path, segment_id: str) -> int:
-        """Write the segment's Parquet files into place (not yet visible: no marker): one
-        file per event date, its rows in :data:`SORT_ORDER` in row groups of
-        :data:`ROW_GROUP_ROWS`."""
-        self._remove_leftovers(segment_id)
-        import duckdb  # here: the ingest worker processes never compact, and start faster
-
-        tmp = self.events / f".tmp-{segment_id}"
-        tmp.mkdir()
-        scan = f"SELECT {SELECT_LIST} FROM {self._raw_scan([path])} WHERE event_hash IS NOT NULL"
-        try:
-            with duckdb.connect(config=self._compaction_config(COMPACTION_MEMORY)) as con:
-                days, count = _sorted_days(con, scan, tmp)
-        except duckdb.OutOfMemoryException:  # a segment far above segment_bytes: no cap
-            log.warning("lake.compaction_memory_exceeded", segment=segment_id)
-            with duckdb.connect(config=self._compaction_config(None)) as con:
-                days, count = _sorted_days(con, scan, tmp)
-        for day in days:
-            part = tmp / f"{day}.parquet"
-            with open(part, "rb") as handle:
-                os.fsync(handle.fileno())
-            target = self.events / f"date={day}"
-            target.mkdir(exist_ok=True)
-            os.rename(part, target / f"part-{segment_id}.0.parquet")
-            fsync_dir(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        fsync_dir(self.events)
-        return count
-
-    def _compaction_config(self, memory: str | None) -> dict[str, DuckConfigValue]:
-        """DuckDB's settings for a compaction: one thread (it runs beside the API and the
-        exports), ``memory`` capped and spilling under the lake. Uncapped, compacting one
-        100 MB segment took ~720 MB of the process; capped at 256 MB, 289 MB."""
-        spill = self.root / ".compaction-spill"
-        spill.mkdir(exist_ok=True)
-        config: dict[str, DuckConfigValue] = {
-            "temp_directory": str(spill), "threads": 1,
-        }  # fmt: skip
-        if memory is not None:
-            config["memory_limit"] = memory
-        return config
-
-    def _remove_leftovers(self, segment_id: str) -> None:
-        """Undo an interrupted compaction of ``segment_id`` (its marker is missing)."""
-        shutil.rmtree(self.events / f".tmp-{segment_id}", ignore_errors=True)
-        for stale in self.events.glob(f"date=*/part-{segment_id}.*.parquet"):
-            log.warning("lake.leftover_removed", segment=segment_id, file=stale.name)
-            stale.unlink()
-
-    def _delete_compacted_raw(self) -> None:
-        now = time.time()
-        for path in self.raw.glob(f"*{RAW_SUFFIX}"):
-            marker = self.markers / path.name.removesuffix(RAW_SUFFIX)
-            try:
-                if now - marker.stat().st_mtime >= self.grace_seconds:
-                    path.unlink()
-            except FileNotFoundError:
-                continue
+        return compaction.compact(self, today)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -321,6 +232,42 @@ class Lake:
             f"read_json({_file_list(paths)}, format='newline_delimited', "
             f"columns={JSON_COLUMNS}, ignore_errors=true)"
         )
+
+    file_id = staticmethod(_segment_of)
+
+    def merges(self, committed: set[str] | None = None) -> dict[str, tuple[str, frozenset[str]]]:
+        """Every committed day merge: its id → (its date, the ids of the files it replaces)."""
+        names = os.listdir(self.markers) if committed is None else committed
+        for name in names:
+            if name.startswith(MERGE_PREFIX) and name not in self._merges:
+                marker = orjson.loads((self.markers / name).read_bytes())
+                self._merges[name] = (marker["date"], frozenset(marker["replaces"]))
+        return {name: self._merges[name] for name in names if name in self._merges}
+
+    def visible_files_by_day(
+        self, committed: set[str], low: str = "", high: str = "date=\uffff"
+    ) -> dict[str, list[Path]]:
+        """The Parquet files a query reads, by date: committed, and not replaced by a merge."""
+        replaced = {
+            (day, file_id)
+            for day, replaces in self.merges(committed).values()
+            for file_id in replaces
+        }
+        found: dict[str, list[Path]] = {}
+        for folder in sorted(os.listdir(self.events)):
+            if not (folder.startswith("date=") and low <= folder <= high):
+                continue
+            day = folder.removeprefix("date=")
+            files = [
+                self.events / folder / name
+                for name in sorted(os.listdir(self.events / folder))
+                if name.endswith(".parquet")
+                and (segment := _segment_of(name)) in committed
+                and (day, segment) not in replaced
+            ]
+            if files:
+                found[day] = files
+        return found
 
     def _files(
         self, first_day: date | None, last_day: date | None
@@ -333,15 +280,14 @@ class Lake:
         )  # fmt: skip
         low = f"date={first_day.isoformat()}" if first_day else ""
         high = f"date={last_day.isoformat()}" if last_day else "date=\uffff"
-        parquet: list[Path] = []
-        for folder in sorted(os.listdir(self.events)):
-            if folder.startswith("date=") and low <= folder <= high:
-                parquet.extend(
-                    self.events / folder / name
-                    for name in sorted(os.listdir(self.events / folder))
-                    if name.endswith(".parquet") and _segment_of(name) in committed
-                )
-        return parquet, raw
+        by_day = self.visible_files_by_day(committed, low, high)
+        return [path for files in by_day.values() for path in files], raw
+
+    def parquet_files(
+        self, first_day: date | None = None, last_day: date | None = None
+    ) -> list[Path]:
+        """The Parquet files a query of these days reads now (for tools and benchmarks)."""
+        return self._files(first_day, last_day)[0]
 
     def events_sql(
         self,
@@ -385,7 +331,8 @@ class Lake:
         return f"(SELECT {distinct}{names} FROM ({union}) AS lake_rows WHERE ({where}))"
 
     def stats(self) -> dict[str, int]:
-        """Cheap counts for /health and ``exhaust lake``: no file is opened but quarantine."""
+        """Cheap counts for /health and ``exhaust lake``: no file is opened but quarantine
+        and the day merges' markers (read once per process)."""
         committed = set(os.listdir(self.markers))
         raw = [p for p in self.raw.glob(f"*{RAW_SUFFIX}")]
         pending = [p for p in raw if p.name.removesuffix(RAW_SUFFIX) not in committed]
@@ -395,37 +342,12 @@ class Lake:
                 quarantined += sum(
                     chunk.count(b"\n") for chunk in iter(lambda: handle.read(MB), b"")
                 )
+        visible = self.visible_files_by_day(committed)
         return {
             "raw_segments": len(pending),
             "raw_bytes": sum(p.stat().st_size for p in pending if p.exists()),
-            "parquet_files": sum(1 for _ in self.events.glob("date=*/*.parquet")),
-            "compacted_segments": len(committed),
+            "parquet_files": sum(len(files) for files in visible.values()),
+            "compacted_segments": sum(1 for n in committed if not n.startswith(MERGE_PREFIX)),
+            "merged_days": len(self.merges(committed)),
             "quarantined": quarantined,
         }
-
-
-def _sorted_days(con: Any, scan: str, folder: Path) -> tuple[list[str], int]:
-    """``<folder>/<date>.parquet`` for every event date of ``scan`` (a SELECT of lake rows),
-    each in :data:`SORT_ORDER`; the dates and the number of rows written.
-
-    The raw JSON is parsed once, streamed into ``<folder>/all.parquet``, which one ``COPY``
-    per date then reads (DuckDB's ``PARTITION_BY`` does not keep an ``ORDER BY`` within each
-    file). Parsing the JSON again for each date had made a segment's compaction as many times
-    slower as it had dates; a temporary table instead held the whole segment in memory."""
-    staged = _quote(str(folder / "all.parquet"))
-    # small row groups: the writer buffers one (a default one of these rows was ~100 MB)
-    options = f"FORMAT parquet, COMPRESSION lz4_raw, ROW_GROUP_SIZE {ROW_GROUP_ROWS}"
-    con.execute(f"COPY ({scan}) TO {staged} ({options})")
-    rows = f"read_parquet({staged})"
-    days = [str(day) for (day,) in con.execute(
-        f"SELECT DISTINCT date FROM {rows} ORDER BY date"
-    ).fetchall()]  # fmt: skip
-    count = 0
-    for day in days:
-        row = con.execute(
-            f"COPY (SELECT * FROM {rows} WHERE date = {_quote(day)} ORDER BY {SORT_ORDER}) "
-            f"TO {_quote(str(folder / f'{day}.parquet'))} "
-            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
-        ).fetchone()
-        count += int(row[0]) if row else 0
-    return days, count

@@ -148,7 +148,7 @@ def build_services(settings: Settings) -> Services:
     """Connect every part named by ``settings`` (the database must be migrated)."""
     engine = make_engine(settings.resolved_database_url)
     blobs = open_blob_store(settings.resolved_storage_url, settings.secret)
-    lake = Lake.from_url(settings.resolved_lake_url)
+    lake = Lake.from_url(settings.resolved_lake_url, merge_files=settings.lake_merge_files)
     jobs = JobManager(SqlJobStore(engine), settings)
     return Services(
         settings=settings,

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     compact_interval_seconds: float = Field(
         300.0, ge=0, description="Lake compaction period in the server (0: only by CLI)."
     )
+    lake_merge_files: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Merge a finished UTC day's Parquet files into one once it has this many (0: never)."
+        ),
+    )
     max_body_bytes: int = Field(5 * 1024 * 1024, description="Largest telemetry batch accepted.")
     smtp_url: str | None = Field(None, description="smtp://host:port for task e-mails.")
     plugins: list[str] = Field(

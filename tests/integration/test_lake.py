@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from data_exhaust import lake as lake_module
+from data_exhaust import compaction as lake_module
 from data_exhaust.api.errors import ApiError
 from data_exhaust.db import make_engine
 from data_exhaust.ingest import Ingestor, ingest_file

@@ -209,7 +209,8 @@ def ingest(
 
 
 def compact() -> None:
-    """Rewrite raw telemetry segments into date-partitioned Parquet."""
+    """Rewrite raw telemetry segments into date-partitioned Parquet, then merge each finished
+    day's files into one (EXHAUST_LAKE_MERGE_FILES)."""
     count = services().compact_lake()
     if count is None:
         console.print("another process is compacting the lake; try again later")
