@@ -27,19 +27,20 @@ import os
 import shutil
 import time
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import orjson
 import structlog
 
 from data_exhaust.fsutil import fsync_dir
-from data_exhaust.lake import MERGE_PREFIX, RAW_SUFFIX, SELECT_LIST, _file_list, _quote
+from data_exhaust.lake import MERGE_PREFIX, RAW_SUFFIX, SELECT_LIST, Lake, _file_list, _quote
 from data_exhaust.logs import configure, configured_level
 
 if TYPE_CHECKING:
-    from data_exhaust.lake import DuckConfigValue, Lake
+    from data_exhaust.lake import DuckConfigValue
 
 log = structlog.get_logger(__name__)
 
@@ -105,8 +106,6 @@ def _write_parquet(lake: Lake, path: Path, segment_id: str) -> int:
     """Write the segment's Parquet files into place (not yet visible: no marker): one file
     per event date, its rows in :data:`SORT_ORDER` in row groups of :data:`ROW_GROUP_ROWS`."""
     _remove_leftovers(lake, segment_id)
-    import duckdb  # here: the ingest worker processes never compact, and start faster
-
     tmp = lake.events / f".tmp-{segment_id}"
     tmp.mkdir()
     scan = f"SELECT {SELECT_LIST} FROM {lake._raw_scan([path])} WHERE event_hash IS NOT NULL"
@@ -206,8 +205,7 @@ def merge_in_child(lake: Lake, today: date) -> None:
     Parquet readers peak at ~450 MB (a 167 k-event day in 5 files) and DuckDB's allocator keeps
     what it freed, so a server that merged in its own process would stay that size. A child
     that fails is logged; its work is redone by the next compaction (see the module doc)."""
-    due = lake.visible_files_by_day(set(os.listdir(lake.markers)), high=f"date={today}")
-    if not any(day < today.isoformat() and len(f) >= lake.merge_files for day, f in due.items()):
+    if not _due_days(lake, set(os.listdir(lake.markers)), today):
         return
     # "spawn": forking a process that may run DuckDB or SQLAlchemy threads is unsafe.
     context = multiprocessing.get_context("spawn")
@@ -226,8 +224,6 @@ def merge_in_child(lake: Lake, today: date) -> None:
 
 
 def _merge_child(root: str, grace_seconds: float, merge_files: int, today: str, level: str) -> None:
-    from data_exhaust.lake import Lake
-
     configure(level)
     lake = Lake(Path(root), grace_seconds=grace_seconds, merge_files=merge_files)
     merge_days(lake, date.fromisoformat(today))
@@ -244,13 +240,16 @@ def merge_days(lake: Lake, today: date) -> int:
             return 0
         committed = set(os.listdir(lake.markers))
         _remove_merge_leftovers(lake, committed)
-        merged = 0
-        for day, files in lake.visible_files_by_day(committed).items():
-            if day < today.isoformat() and len(files) >= lake.merge_files:
-                _merge_day(lake, day, files)
-                merged += 1
-        _delete_replaced(lake)
-        return merged
+        due = _due_days(lake, committed, today)
+        for day, files in due.items():
+            _merge_day(lake, day, files)
+        return len(due)
+
+
+def _due_days(lake: Lake, committed: set[str], today: date) -> dict[str, list[Path]]:
+    """The visible files of every day before ``today`` that has ``merge_files`` or more."""
+    before = lake.visible_files_by_day(committed, high=f"date={today - timedelta(days=1)}")
+    return {day: files for day, files in before.items() if len(files) >= lake.merge_files}
 
 
 def _merge_day(lake: Lake, day: str, files: list[Path]) -> None:
@@ -258,7 +257,11 @@ def _merge_day(lake: Lake, day: str, files: list[Path]) -> None:
     tmp = lake.events / f".tmp-{merge_id}"
     tmp.mkdir()
     out = tmp / "day.parquet"
-    count = _write_merged(lake, files, out)
+    try:
+        count = _write_merged(lake, files, out, COMPACTION_MEMORY)
+    except duckdb.OutOfMemoryException:  # one conversation's day too big for the cap
+        log.warning("lake.merge_memory_exceeded", date=day)
+        count = _write_merged(lake, files, out, None)
     _move_into_day(lake, out, day, merge_id)
     shutil.rmtree(tmp, ignore_errors=True)
     replaces = sorted({lake.file_id(path.name) for path in files})
@@ -267,31 +270,28 @@ def _merge_day(lake: Lake, day: str, files: list[Path]) -> None:
     log.info("lake.day_merged", date=day, files=len(files), events=count, merge=merge_id)
 
 
-def _write_merged(lake: Lake, files: list[Path], out: Path) -> int:
+def _write_merged(lake: Lake, files: list[Path], out: Path, memory: str | None) -> int:
     """``files`` as one Parquet file ``out`` in :data:`SORT_ORDER`; the rows written.
 
     DuckDB's own sort of a whole day (167 k events, ~300 MB of rows) fails under the 256 MB
     cap and took 578 MB uncapped, so the day is sorted a range of conversations at a time
     (about :data:`MERGE_RANGE_ROWS` rows each; the input files' conversation statistics let
-    each range read only its row groups), streamed into one file by pyarrow's writer."""
-    import duckdb
+    each range read only its row groups), streamed into one file by pyarrow's writer (which
+    replaces ``out`` if an earlier attempt left it)."""
     import pyarrow.parquet as pq
 
     scan = f"read_parquet({_file_list(files)}, hive_partitioning=false)"
-    writer: pq.ParquetWriter | None = None
     count = 0
-    with duckdb.connect(config=_config(lake, COMPACTION_MEMORY)) as con:
-        for where, params in _conversation_ranges(con, scan):
-            batches = con.sql(
-                f"SELECT * FROM {scan} WHERE {where} ORDER BY {SORT_ORDER}", params=params
-            ).to_arrow_reader(ROW_GROUP_ROWS)
-            for batch in batches:
-                if writer is None:
-                    writer = pq.ParquetWriter(out, batch.schema, compression="zstd")
-                writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
-                count += batch.num_rows
-    if writer is not None:
-        writer.close()
+    with duckdb.connect(config=_config(lake, memory)) as con:
+        schema = con.sql(f"SELECT * FROM {scan} LIMIT 0").to_arrow_table().schema
+        with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+            for where, params in _conversation_ranges(con, scan):
+                batches = con.sql(
+                    f"SELECT * FROM {scan} WHERE {where} ORDER BY {SORT_ORDER}", params=params
+                ).to_arrow_reader(ROW_GROUP_ROWS)
+                for batch in batches:
+                    writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+                    count += batch.num_rows
     return count
 
 

@@ -158,3 +158,32 @@ def test_a_day_is_merged_a_range_of_conversations_at_a_time(
 def con_sorted(stored: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     """The rows in SORT_ORDER (conversation_id NULLS LAST, ets, mid, event_hash)."""
     return sorted(stored, key=lambda r: (r[5] is None, r[5] or "", r[1], r[2], r[20]))
+
+
+def test_a_day_too_big_for_the_memory_cap_is_merged_without_one(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else the merge would fail at every compaction and the day stay in many files."""
+    monkeypatch.setattr(compaction, "COMPACTION_MEMORY", "1MB")
+    for i in range(2):
+        lake.append(rows(1500, DAY1 + 1000 + i * 2000))
+        lake.compact(today=date(2022, 6, 21))
+    assert compaction.merge_days(lake, AFTER) == 1  # in this process, with the patched cap
+    assert len(lake.parquet_files()) == 1
+    assert count(lake) == 3000
+
+
+def test_a_failed_merge_loses_nothing_and_compaction_goes_on(lake: Lake) -> None:
+    """The merge runs in a child process; when it fails (here a file it cannot read) the
+    compaction still moves the raw segments and every query reads what it read before."""
+    three_segments(lake)
+    broken = lake.parquet_files()[0]
+    good = broken.read_bytes()
+    broken.write_bytes(b"not parquet")
+    lake.append(rows(2, DAY2))
+    assert lake.compact(today=AFTER) == 2  # no exception; the merge's failure is logged
+    assert len(files_of(lake, "2022-06-21")) == 3  # left as it was
+    broken.write_bytes(good)
+    assert count(lake) == 14
+    lake.compact(today=AFTER)  # the next compaction merges the day
+    assert len(files_of(lake, "2022-06-21")) == 1 and count(lake) == 14
