@@ -34,7 +34,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
                 for _ in range(config.runs):
                     reset_peak(srv.pid)
                     with split_peaks(srv.pid) as split:
-                        _, job = export_once(client, base, headers, cfg)
+                        job = export_once(client, base, headers, cfg).job
                     peaks.append(proc_status(srv.pid)["VmHWM"])
                     splits.append(split)
                     rows = job["files"][0]["rows"]

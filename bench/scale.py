@@ -60,8 +60,9 @@ def measure(config: Config, big: Dataset, factor: int) -> dict[str, Any]:
     copy = [run_copy(sql)[0] for _ in range(config.runs)]
     events = sum(1 for _ in lake.rglob("*.parquet"))
     return {
-        "lake_parquet_files": events, "rows": api[0][1]["files"][0]["rows"],
-        "api_s": [s for s, _ in api], "api_median_s": median([s for s, _ in api]),
+        "lake_parquet_files": events, "rows": api[0].job["files"][0]["rows"],
+        "api_s": [run.seconds for run in api], "api_median_s": median([r.seconds for r in api]),
+        "seen_s": [run.seen_seconds for run in api],
         "copy_median_s": median(copy),
     }  # fmt: skip
 
