@@ -103,6 +103,14 @@ def test_malformed_bodies_are_client_errors(
     assert (status, code) == (400, "CLIENT_ERROR") and errmsg.startswith(message)
 
 
+def test_a_wrong_method_is_405_with_the_methods_allowed(client: TestClient, key: str) -> None:
+    response = client.get("/dataset/v1/request/submit", headers=headers(key))
+    status, code, errmsg = error_of(response)
+    assert (status, code) == (405, "CLIENT_ERROR")
+    assert response.headers["Allow"] == "POST"
+    assert errmsg == "GET is not allowed here; use POST (see /docs)"
+
+
 def test_auth_and_channel_errors(client: TestClient, key: str, services: Services) -> None:
     route = "/dataset/v1/request/list/t1"
     assert error_of(client.get(route))[:2] == (401, "UNAUTHORIZED")
@@ -317,7 +325,7 @@ def test_polled_routes_are_counted_checked_and_answer_in_the_envelope(
     assert unknown.json()["id"] == "ekstep.analytics.dataset.request.info"
     assert error_of(client.get("/job/request/list/t1"))[:2] == (401, "UNAUTHORIZED")
     wrong = client.post("/dataset/v1/request/list/t1", headers=headers(key))
-    assert error_of(wrong)[1:] == ("CLIENT_ERROR", "Method Not Allowed")
+    assert error_of(wrong) == (405, "CLIENT_ERROR", "POST is not allowed here; use GET (see /docs)")
     admin = services.keys.create("ops", [], ["admin"])[1]
     metrics = client.get("/metrics", headers=headers(admin)).text
     assert 'route="/dataset/v1/request/list/{tag}",status="200"} 1.0' in metrics

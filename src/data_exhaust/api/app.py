@@ -173,7 +173,14 @@ def _install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = STATUS_CODES.get(exc.status_code, "SERVER_ERROR")
         message = "no such route; see /docs" if exc.status_code == 404 else str(exc.detail)
-        return envelope(request, {}, code=code, message=message)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "another method")
+            message = f"{request.method} is not allowed here; use {allowed} (see /docs)"
+        response = envelope(request, {}, code=code, message=message)
+        if 400 <= exc.status_code < 500:  # keep the HTTP status (405, 415...) and its Allow
+            response.status_code = exc.status_code
+            response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> Response:
