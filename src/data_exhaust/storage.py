@@ -2,8 +2,9 @@
 
 :class:`BlobStore` is a small set of primitives (write atomically, stat, read a byte range, list,
 delete by prefix, sign a link) so that a local directory, S3 and Azure can all implement it.
-:class:`LocalBlobStore` keeps blobs in a directory; :class:`MemoryBlobStore` keeps them in a dict
-(a testing tool that ships with the package). :func:`open_blob_store` picks one from a URL.
+:class:`LocalBlobStore` keeps blobs in a directory;
+:class:`~data_exhaust.testing.MemoryBlobStore` keeps them in a dict (a testing tool that ships
+with the package). :func:`open_blob_store` picks one from a URL.
 
 Design decisions:
 
@@ -32,14 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import math
 import os
 import shutil
 import stat as stat_mod
 import tempfile
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -351,72 +350,6 @@ class LocalBlobStore(BlobStore):
         return removed
 
 
-class MemoryBlobStore(BlobStore):
-    """The same contract in a dict, guarded by a lock (a testing tool).
-
-    Blobs are immutable ``bytes``; a reader works on the version it found, so a concurrent
-    replace never tears a read. The ETag is the SHA-256 of the content.
-    """
-
-    def __init__(self, secret: bytes = b"memory-store-secret") -> None:
-        super().__init__(secret)
-        self._blobs: dict[str, tuple[bytes, BlobInfo]] = {}
-        self._lock = threading.Lock()
-
-    def _store(self, key: str, data: bytes) -> None:
-        etag = f'"{hashlib.sha256(data).hexdigest()}"'
-        info = BlobInfo(key=key, size=len(data), etag=etag, modified=datetime.now(UTC))
-        with self._lock:
-            self._blobs[key] = (data, info)
-
-    @contextlib.contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
-        validate_key(key)
-        with io.BytesIO() as buffer:
-            yield buffer
-            self._store(key, buffer.getvalue())
-
-    def put_file(self, key: str, path: Path) -> None:
-        validate_key(key)
-        source = Path(path)
-        self._store(key, source.read_bytes())
-        source.unlink()
-
-    def stat(self, key: str) -> BlobInfo | None:
-        validate_key(key)
-        with self._lock:
-            entry = self._blobs.get(key)
-        return None if entry is None else entry[1]
-
-    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        _check_range(start, end)
-        return self._chunks(validate_key(key), start, end)
-
-    def _chunks(self, key: str, start: int, end: int | None) -> Iterator[bytes]:
-        with self._lock:
-            entry = self._blobs.get(key)
-        if entry is None:
-            raise FileNotFoundError(f"no blob {key!r}")
-        view = memoryview(entry[0])[start:end]
-        for offset in range(0, len(view), CHUNK_SIZE):
-            yield bytes(view[offset : offset + CHUNK_SIZE])
-
-    def keys(self, prefix: str = "") -> Iterator[str]:
-        validate_prefix(prefix)
-        with self._lock:
-            return iter(sorted(key for key in self._blobs if key.startswith(prefix)))
-
-    def delete_prefix(self, prefix: str) -> int:
-        if not prefix:
-            raise ValueError("refusing to delete every blob: the prefix is empty")
-        validate_prefix(prefix)
-        with self._lock:
-            doomed = [key for key in self._blobs if key.startswith(prefix)]
-            for key in doomed:
-                del self._blobs[key]
-        return len(doomed)
-
-
 def open_blob_store(url: str, secret: bytes) -> BlobStore:
     """The store named by ``url``: ``file:///abs/dir`` or ``memory://``.
 
@@ -431,6 +364,8 @@ def open_blob_store(url: str, secret: bytes) -> BlobStore:
             )
         return LocalBlobStore(Path(unquote(parts.path)), secret)
     if scheme == "memory":
+        from data_exhaust.testing import MemoryBlobStore
+
         return MemoryBlobStore(secret)
     raise ValueError(
         f"unsupported storage URL scheme {scheme + '://' if scheme else '(none)'}; "

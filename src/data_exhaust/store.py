@@ -1,19 +1,18 @@
 """Job stores: where ``job_request`` rows live.
 
 :class:`JobStore` is the small set of primitives the :class:`~data_exhaust.manager.JobManager`
-needs; :class:`SqlJobStore` keeps rows in SQLite or Postgres, :class:`MemoryJobStore` in a dict
-(a testing tool). Every compare-and-set is atomic, so two workers never claim one job.
+needs; :class:`SqlJobStore` keeps rows in SQLite or Postgres, and
+:class:`~data_exhaust.testing.MemoryJobStore` in a dict (a testing tool). Every compare-and-set
+is atomic, so two workers never claim one job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Collection
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -348,110 +347,3 @@ def job_of(values: dict[str, Any]) -> Job:
     values["files"] = [OutputFile(**f) for f in values["files"] or []]
     values["progress"] = dict(values["progress"] or {})
     return Job(**values)
-
-
-class MemoryJobStore(JobStore):
-    """Jobs in a dict guarded by a lock: the same contract, for tests and experiments."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
-
-    def insert(self, job: Job) -> bool:
-        with self._lock:
-            if job.request_id in self._jobs:
-                return False
-            self._jobs[job.request_id] = copy.deepcopy(job)
-            return True
-
-    def get(self, request_id: str) -> Job | None:
-        with self._lock:
-            job = self._jobs.get(request_id)
-            return copy.deepcopy(job) if job else None
-
-    async def get_async(self, request_id: str) -> Job | None:
-        return self.get(request_id)  # a dict lookup: no reason for a thread
-
-    async def tag_page_async(self, tag: str, limit: int) -> list[Job]:
-        return self.page(JobFilter(tags=[tag]), limit)
-
-    def search(self, where: JobFilter, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
-        with self._lock:
-            found = [j for j in self._jobs.values() if where.matches(j)]
-        found.sort(key=lambda j: (-j.submitted_at.timestamp(), j.request_id))
-        return len(found), copy.deepcopy(found[offset : offset + limit])
-
-    def update(
-        self,
-        request_id: str,
-        changes: dict[str, Any],
-        *,
-        if_status: Collection[Status] | None = None,
-        if_owner: str | None = None,
-    ) -> Job | None:
-        with self._lock:
-            job = self._jobs.get(request_id)
-            if job is None or (if_status is not None and job.status not in if_status):
-                return None
-            if if_owner is not None and job.lease_owner != if_owner:
-                return None
-            self._jobs[request_id] = replace(job, **copy.deepcopy(changes))
-            return copy.deepcopy(self._jobs[request_id])
-
-    def claim(
-        self, owner: str, now: datetime, lease_until: datetime, request_id: str | None = None
-    ) -> Job | None:
-        with self._lock:
-            due = [
-                j
-                for j in self._jobs.values()
-                if j.status == Status.SUBMITTED
-                and j.run_after <= now
-                and request_id in (None, j.request_id)
-            ]
-            if not due:
-                return None
-            job = min(due, key=lambda j: (j.run_after, j.submitted_at))
-            job.status, job.lease_owner, job.lease_expires_at = (
-                Status.PROCESSING,
-                owner,
-                lease_until,
-            )
-            job.last_updated = now
-            return copy.deepcopy(job)
-
-    def expired_leases(self, now: datetime) -> list[Job]:
-        return self._where(
-            lambda j: (
-                j.status == Status.PROCESSING
-                and j.lease_expires_at is not None
-                and j.lease_expires_at < now
-            )
-        )
-
-    def purgeable(self, completed_before: datetime) -> list[Job]:
-        return self._where(
-            lambda j: (
-                j.status == Status.SUCCESS
-                and not j.files_purged
-                and j.completed_at is not None
-                and j.completed_at < completed_before
-            )
-        )
-
-    def release(self, dataset: str | None, now: datetime) -> int:
-        with self._lock:
-            waiting = [
-                j
-                for j in self._jobs.values()
-                if j.status == Status.SUBMITTED
-                and j.run_after > now
-                and (dataset is None or j.dataset == dataset)
-            ]
-            for job in waiting:
-                job.run_after = now
-            return len(waiting)
-
-    def _where(self, predicate: Any) -> list[Job]:
-        with self._lock:
-            return copy.deepcopy([j for j in self._jobs.values() if predicate(j)])

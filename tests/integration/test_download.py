@@ -20,8 +20,8 @@ from data_exhaust.db import make_engine, migrate
 from data_exhaust.manager import JobManager
 from data_exhaust.settings import Settings
 from data_exhaust.signing import sign
-from data_exhaust.storage import BlobStore, MemoryBlobStore, open_blob_store
-from data_exhaust.store import MemoryJobStore
+from data_exhaust.storage import BlobStore, open_blob_store
+from data_exhaust.testing import MemoryBlobStore, MemoryJobStore
 
 BASE = "http://testserver"
 KEY = "uci-response-exhaust/0123ABCD/réponses.csv"

@@ -13,7 +13,8 @@ import pytest
 
 from data_exhaust.db import make_engine
 from data_exhaust.jobs import Job, OutputFile, Status
-from data_exhaust.store import JobFilter, JobStore, MemoryJobStore, SqlJobStore
+from data_exhaust.store import JobFilter, JobStore, SqlJobStore
+from data_exhaust.testing import MemoryJobStore
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 

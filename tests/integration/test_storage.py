@@ -16,9 +16,9 @@ from data_exhaust.storage import (
     CHUNK_SIZE,
     BlobStore,
     LocalBlobStore,
-    MemoryBlobStore,
     open_blob_store,
 )
+from data_exhaust.testing import MemoryBlobStore
 
 SECRET = b"storage-test-secret"
 KEY = "uci-response-exhaust/0123ABCD/responses.csv"

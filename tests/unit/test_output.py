@@ -17,7 +17,7 @@ import pytest
 
 from data_exhaust.datasets.base import StopRequested
 from data_exhaust.output import write_output
-from data_exhaust.storage import MemoryBlobStore
+from data_exhaust.testing import MemoryBlobStore
 
 HEADER = ["Text", "Count", "Score", "Has, comma"]
 TEXTS = [
