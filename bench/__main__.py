@@ -54,7 +54,7 @@ def run_one(name: str, config: Config) -> list[Row]:
     for row in rows:
         print(row.markdown(), flush=True)
     print(f"  ({name}: {inputs['seconds']} s, {path.relative_to(RESULTS.parent.parent)})")
-    return rows
+    return list(rows)
 
 
 def main(argv: list[str]) -> int:

@@ -97,6 +97,11 @@ SHAPES = {
 }
 
 
+def constant(request: bytes) -> Callable[[int], bytes]:
+    """A request maker that sends the same bytes every time."""
+    return lambda _: request
+
+
 def bare_ceiling(config: Config) -> dict[str, Any]:
     """The bare route (``"constant"`` at the top level, as before) and the shaped ones."""
     bare = Server(config.work / "bare" / "var")
@@ -105,10 +110,11 @@ def bare_ceiling(config: Config) -> dict[str, Any]:
     try:
         base = bare.start([sys.executable, "-m", "bench.bare_app", "{port}"], "/constant")
         make = request_bytes("GET", f"{base}/constant", {})[2]
-        found = measure(base, lambda n: make, config.runs)
+        found = measure(base, constant(make), config.runs)
         for name, path in SHAPES.items():
-            shaped = request_bytes("GET", f"{base}{path}", headers)[2]
-            found[name] = measure(base, lambda n, shaped=shaped: shaped, config.runs)
+            found[name] = measure(
+                base, constant(request_bytes("GET", f"{base}{path}", headers)[2]), config.runs
+            )
         return found
     finally:
         bare.stop_all()

@@ -21,7 +21,12 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Query, Request
 
 app = FastAPI()
-CONSTANT = {"id": "api.bench", "ver": "1.0", "responseCode": "OK", "result": {"ok": True}}
+CONSTANT: dict[str, object] = {
+    "id": "api.bench",
+    "ver": "1.0",
+    "responseCode": "OK",
+    "result": {"ok": True},
+}
 SERVICES = object()
 
 

@@ -117,14 +117,17 @@ def _python_row(event: dict[str, Any], conversation: str) -> list[Any]:
     context, edata = event["context"], event["edata"]
     item, rollup = edata["item"], context.get("rollup") or {}
     moment = datetime.fromtimestamp(event["ets"] / 1000, UTC)
-    compact = {"ensure_ascii": False, "separators": (",", ":")}
     return [
         event["mid"], conversation, "", context.get("did"), context.get("sid"),
         item.get("id"), item.get("type"), item.get("title"), item.get("desc"),
         round(edata["duration"]), edata["score"], item.get("maxscore"),
-        json.dumps(item.get("params"), **compact), json.dumps(edata["resvalues"], **compact),
+        _compact_json(item.get("params")), _compact_json(edata["resvalues"]),
         rollup.get("l3"), rollup.get("l4"), moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
     ]  # fmt: skip
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _case(ds: Dataset, which: str) -> tuple[str, str]:

@@ -30,21 +30,23 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
                 ("small", ds.small_conversation), ("large", ds.large_conversation),
             ):  # fmt: skip
                 cfg = export_config(conversation, ds.first_day, ds.last_day)
-                peaks, splits, rows = [], [], 0
+                peaks: list[int] = []
+                splits: list[dict[str, int]] = []
+                rows = 0
                 for _ in range(config.runs):
                     reset_peak(srv.pid)
                     with split_peaks(srv.pid) as split:
                         job = export_once(client, base, headers, cfg).job
                     peaks.append(proc_status(srv.pid)["VmHWM"])
                     splits.append(split)
-                    rows = job["files"][0]["rows"]
+                    rows = int(job["files"][0]["rows"])
                 found[which] = {"rows": rows, "peak_kb": peaks, "max_peak_mb": max(peaks) / 1024,
                                 "split_peaks_kb": splits}  # fmt: skip
     idle_mb = found["idle_kb"]["VmRSS"] / 1024
     small, large = found["small"], found["large"]
     growth = large["max_peak_mb"] - small["max_peak_mb"]
     anon, files = (max(s[key] for s in large["split_peaks_kb"]) / 1024 for key in SPLIT)
-    rows = [
+    table = [
         Row("5", "memory: server peak RSS", f"large export, {large['rows']:,} rows",
             f"{large['max_peak_mb']:,.0f} MB (sampled peaks: allocated {anon:,.0f} MB, "
             f"library pages {files:,.0f} MB)", f"idle {idle_mb:,.0f} MB; "
@@ -52,4 +54,4 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
             f"{growth:+,.0f} MB for {large['rows'] / max(small['rows'], 1):,.0f}× the rows",
             f"< {TARGET_MB} MB, flat", large["max_peak_mb"] < TARGET_MB),
     ]  # fmt: skip
-    return rows, {"dataset": ds.info(), "runs": config.runs}, found
+    return table, {"dataset": ds.info(), "runs": config.runs}, found

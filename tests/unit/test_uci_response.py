@@ -31,7 +31,7 @@ from data_exhaust.jobs import Job, OutputFile, Status
 from data_exhaust.output import write_output
 from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
-from data_exhaust.storage import MemoryBlobStore
+from data_exhaust.testing import MemoryBlobStore
 
 DATASET = UciResponseExhaust()
 HEADER_LINE = (
