@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery.contrib.testing.worker import start_worker
-from kombu import Connection
+from kombu.connection import Connection
 
 from data_exhaust.celery_executor import CeleryExecutor, CeleryOptions
 from data_exhaust.services import Services
@@ -53,7 +53,9 @@ def celery_executor(
 ) -> Iterator[CeleryExecutor]:
     """A started :class:`CeleryExecutor` on a fresh queue, with a worker (threads pool)."""
     need_broker(url)
-    settings = dict(queue=unique_queue(), redispatch_seconds=1.0, stop_grace_seconds=1.0)
+    settings: dict[str, Any] = dict(
+        queue=unique_queue(), redispatch_seconds=1.0, stop_grace_seconds=1.0
+    )
     settings.update(options)
     executor = CeleryExecutor(services, CeleryOptions(**settings), broker_url=url)
     try:

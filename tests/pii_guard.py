@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import httpx
 import pytest
@@ -75,7 +75,7 @@ def pii_recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     answers = folder / "answers.txt"
     structlog.configure(
         processors=[structlog.processors.add_log_level, console_renderer()],
-        logger_factory=structlog.PrintLoggerFactory(_Tee(folder / "logs.txt")),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Tee(folder / "logs.txt"))),
     )
     clients: list[Any] = [httpx.Client]
     try:

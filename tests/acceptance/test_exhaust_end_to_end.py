@@ -144,10 +144,8 @@ def test_response_exhaust_end_to_end(deployment: Deployment, tmp_path: Path) -> 
     read_url = f"{base}/dataset/v1/request/read/nightly?requestId={submitted['requestId']}"
 
     def finished() -> bool:
-        return (
-            httpx.get(read_url, headers=auth).json()["result"]["status"] != "PROCESSING"
-            and httpx.get(read_url, headers=auth).json()["result"]["status"] != "SUBMITTED"
-        )
+        status: str = httpx.get(read_url, headers=auth).json()["result"]["status"]
+        return status not in ("PROCESSING", "SUBMITTED")
 
     wait_until(finished)
     job = httpx.get(read_url, headers=auth).json()["result"]

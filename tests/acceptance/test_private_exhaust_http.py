@@ -105,7 +105,8 @@ def pyzipper_open(archive: Path, password: str) -> str:
     with pyzipper.AESZipFile(archive) as opened:
         (name,) = opened.namelist()
         opened.setpassword(password.encode())
-        return opened.read(name).decode()
+        text: str = opened.read(name).decode()
+        return text
 
 
 def headers(key: str, channel: str = CHANNEL) -> dict[str, str]:

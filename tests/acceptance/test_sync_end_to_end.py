@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,17 @@ RUN_DATES = ["2026-10-08", "2026-10-13", "2026-10-20", "2026-10-27"]
 
 
 @pytest.fixture
-def world(tmp_path: Path, sqlite_url: str, empty_postgres_url: str) -> World:
+def world(tmp_path: Path, sqlite_url: str, empty_postgres_url: str) -> Iterator[World]:
     deployment = Deployment(tmp_path / "var", sqlite_url)
     made = make_world(deployment, tmp_path, empty_postgres_url)
-    yield made  # type: ignore[misc]
+    yield made
     deployment.stop_all()
 
 
 def summary(world: World, today: str) -> dict[str, Any]:
     result = world.sync("run-once", "--today", today, "--wait", "120", "--json")
-    return json.loads(result.stdout)
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
 
 
 def test_run_once_across_three_weeks_loads_every_event_once(world: World) -> None:

@@ -249,7 +249,7 @@ def test_success_gives_signed_urls_that_download_the_file(
 
 
 def test_report_routes_use_the_seed_shapes(client: TestClient, key: str) -> None:
-    body = {
+    body: dict[str, Any] = {
         "id": "ekstep.analytics.job.request.submit",
         "params": {"msgid": "r1"},
         "request": {
@@ -341,7 +341,7 @@ def test_a_polled_route_takes_only_the_request() -> None:
     async def declared(request: Any, tag: str) -> Any: ...
 
     with pytest.raises(TypeError, match="declared: a polled route's endpoint takes only"):
-        polled_get(APIRouter(), "/x/{tag}", "x")(declared)
+        polled_get(APIRouter(), "/x/{tag}", "x")(declared)  # type: ignore[arg-type]
 
 
 def telemetry_batch(*events: dict[str, Any], msgid: str = "b-1") -> dict[str, Any]:

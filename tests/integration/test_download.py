@@ -169,7 +169,7 @@ def test_tampered_links_are_invalid(
     path = f"/download/{quote(KEY)}"
     good = client.get(path, params={"expires": expires, "signature": signature})
     assert good.content == DATA
-    for url, params in [
+    refused: list[tuple[str, dict[str, str | int]]] = [
         (f"/download/{quote(other)}", {"expires": expires, "signature": signature}),
         (path, {"expires": expires + 1, "signature": signature}),
         (
@@ -181,7 +181,8 @@ def test_tampered_links_are_invalid(
         ),
         (path, {"expires": expires, "signature": signature.upper()}),
         (path, {"expires": expires, "signature": sign(KEY, expires, b"not-the-secret")}),
-    ]:
+    ]
+    for url, params in refused:
         assert refusal(client.get(url, params=params)) == "invalid signature", params
 
 

@@ -178,8 +178,8 @@ def test_two_workers_never_run_one_job_twice(services: Services) -> None:
     lock = threading.Lock()
     original = services.jobs.claim
 
-    def counting_claim(owner: str) -> Job | None:
-        claimed = original(owner)
+    def counting_claim(owner: str, request_id: str | None = None) -> Job | None:
+        claimed = original(owner, request_id)
         if claimed is not None:
             with lock:
                 runs.append(claimed.request_id)

@@ -42,6 +42,10 @@ def seal_key(services: Services, key: str = PASSWORD) -> str:
     )
 
 
+#: An event field set to another channel (``events(..., **OTHER_CHANNEL)``).
+OTHER_CHANNEL: dict[str, Any] = {"context.channel": "state-b"}
+
+
 def events(device: str, day: int = 0, conversation: str = BOT, **extra: Any) -> dict[str, Any]:
     return assess_event(
         device_id=device,
@@ -70,7 +74,7 @@ def populate(services: Services) -> None:
         events("dev-e"),
         events("dev-g"),
         events("dev-f", day=1),
-        events("dev-h", **{"context.channel": "state-b"}),
+        events("dev-h", **OTHER_CHANNEL),
         events("dev-i", conversation="bot-2"),
     ]
     result = services.ingestor.ingest({"events": sent})

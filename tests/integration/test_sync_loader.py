@@ -148,7 +148,7 @@ def test_columns_are_typed(state_db: sa.Engine) -> None:
         assert isinstance(row["timestamp"], datetime) and row["timestamp"].tzinfo is not None
         assert row["question_options"] == [{"1": {"text": '1 गणित, "maths"'}}]  # JSONB
         with state_db.connect() as conn:
-            kinds = dict(
+            kinds: dict[str, str] = dict(
                 conn.execute(
                     sa.text(
                         "SELECT column_name, data_type FROM information_schema.columns"
@@ -192,4 +192,4 @@ def test_private_rows_are_one_per_device_and_the_newest_file_wins(state_db: sa.E
 def test_only_postgres_and_sqlite_state_databases_are_accepted() -> None:
     engine = sa.create_mock_engine("mysql+pymysql://nobody@127.0.0.1/none", lambda *_: None)
     with pytest.raises(LoadError, match="PostgreSQL or SQLite, not mysql"):
-        loader.ensure_tables(engine)
+        loader.ensure_tables(engine)  # type: ignore[arg-type]  # a mock: only its dialect is read

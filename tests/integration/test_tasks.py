@@ -237,7 +237,8 @@ def test_the_export_link_is_emailed(tmp_path: Path, database_url: str) -> None:
         assert len(inbox.messages) == 1
         message = email.message_from_string(inbox.messages[0])
         assert message["To"] == "ops@example.org"
-        assert f"http://x/download/{key}?" in message.get_payload(decode=True).decode()
+        payload = message.get_payload(decode=True)
+        assert isinstance(payload, bytes) and f"http://x/download/{key}?" in payload.decode()
     finally:
         services.close()
         controller.stop()

@@ -31,6 +31,7 @@ from data_exhaust.jobs import Job, OutputFile, Status
 from data_exhaust.output import write_output
 from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
+from data_exhaust.storage import BlobStore
 from data_exhaust.testing import MemoryBlobStore
 
 DATASET = UciResponseExhaust()
@@ -252,7 +253,8 @@ class FakeRunContext:
     lake: Any
     con: duckdb.DuckDBPyConnection
     registry: Registry
-    blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
+    blobs: BlobStore = field(default_factory=MemoryBlobStore)
+    details: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[int] = field(default_factory=list)
     totals: list[int] = field(default_factory=list)
 
@@ -282,6 +284,9 @@ class FakeRunContext:
             formula_guard=self.settings.csv_formula_guard,
             on_batch=lambda rows: self.checkpoint(rows, rows_total),
         )
+
+    def publish_file(self, name: str, path: Path, rows: int) -> OutputFile:
+        raise AssertionError("the response exhaust writes through write(), never a built file")
 
 
 def _job(config: dict[str, Any], channel: str = "ch1", output_format: str = "csv") -> Job:
