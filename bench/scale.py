@@ -17,7 +17,7 @@ import httpx
 
 from bench.common import Config, Row, fmt_s, median
 from bench.data import CHANNEL, FULL_EVENTS, Dataset, dataset
-from bench.export import duckdb_copy_sql, export_config, run_copy
+from bench.export import api_timings, duckdb_copy_sql, export_config, run_copy
 from bench.server import export_once, server
 
 FACTORS = (1, 4, 16)
@@ -61,9 +61,7 @@ def measure(config: Config, big: Dataset, factor: int) -> dict[str, Any]:
     events = sum(1 for _ in lake.rglob("*.parquet"))
     return {
         "lake_parquet_files": events, "rows": api[0].job["files"][0]["rows"],
-        "api_s": [run.seconds for run in api], "api_median_s": median([r.seconds for r in api]),
-        "seen_s": [run.seen_seconds for run in api],
-        "copy_median_s": median(copy),
+        **api_timings(api), "copy_median_s": median(copy),
     }  # fmt: skip
 
 

@@ -218,4 +218,9 @@ def export_once(
     if job["status"] != "SUCCESS":
         raise RuntimeError(f"export ended {job['status']}: {job.get('statusMessage')}")
     done = job["jobStats"]["dtJobCompleted"] / 1000 - wall
+    if not -0.001 <= done <= seen:  # dtJobCompleted is truncated to the millisecond
+        raise RuntimeError(
+            f"job {request_id} completed {done:.3f} s after its submit but was seen at "
+            f"{seen:.3f} s: the server's clock is not this process's"
+        )
     return ExportRun(max(done, 0.0), seen, job)

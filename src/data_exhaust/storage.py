@@ -102,7 +102,8 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
-def _check_range(start: int, end: int | None) -> None:
+def check_range(start: int, end: int | None) -> None:
+    """Refuse a byte range no store can serve (every implementation's ``read`` calls it)."""
     if start < 0 or (end is not None and end < start):
         raise ValueError(f"invalid byte range start={start} end={end}")
 
@@ -271,7 +272,7 @@ class LocalBlobStore(BlobStore):
         return BlobInfo(key=key, size=st.st_size, etag=etag, modified=modified)
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        _check_range(start, end)
+        check_range(start, end)
         return self._chunks(self._path(key), start, end)
 
     @staticmethod

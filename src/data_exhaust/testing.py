@@ -24,7 +24,7 @@ from data_exhaust.storage import (
     CHUNK_SIZE,
     BlobInfo,
     BlobStore,
-    _check_range,
+    check_range,
     validate_key,
     validate_prefix,
 )
@@ -176,7 +176,7 @@ class MemoryBlobStore(BlobStore):
         return None if entry is None else entry[1]
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        _check_range(start, end)
+        check_range(start, end)
         return self._chunks(validate_key(key), start, end)
 
     def _chunks(self, key: str, start: int, end: int | None) -> Iterator[bytes]:
