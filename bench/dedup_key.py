@@ -1,0 +1,124 @@
+"""Probe (not part of the suite): what the small export's dedup column costs its query.
+
+``python -m bench.dedup_key [--scale S] [--runs N]`` times the engine's own query of the small
+export (``uci-response-exhaust``'s SELECT over the lake, fetched as Arrow batches) in four
+forms, alternated, beside the suite's DuckDB ``COPY`` of the same rows:
+
+* ``event_hash``: today's query, sorted by ``ets, mid, event_hash``, carrying the hash for the
+  streaming dedup;
+* no dedup column: the same query without the hash (what ``COPY`` does; not a valid export);
+* a 64-bit key: the query sorting and carrying ``event_key``, the hash's first 16 hex digits
+  as a UBIGINT, over a copy of the lake's day files with that column added (same sort order,
+  row groups and compression as the compaction's);
+* ``event_hash`` over that copy (the added column's effect on the rest).
+
+It prints the median and minimum of each and the bytes DuckDB read (its JSON profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import duckdb
+
+from bench.data import CHANNEL, dataset
+from bench.export import bounds_ms, duckdb_copy_sql
+from data_exhaust.compaction import ROW_GROUP_ROWS, SORT_ORDER
+from data_exhaust.datasets.slices import Slice, slice_events
+from data_exhaust.datasets.uci_response import _RESPONSE, _SELECT, _WHERE, DIGEST
+from data_exhaust.lake import Lake
+
+KEY = "('0x' || event_hash[1:16])::UBIGINT"
+
+
+def keyed_copy(lake: Path, into: Path) -> None:
+    """``lake``'s Parquet files rewritten under ``into`` with an ``event_key`` column."""
+    con = duckdb.connect()
+    for path in sorted(lake.rglob("*.parquet")):
+        out = into / path.relative_to(lake)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(
+            f"COPY (SELECT *, {KEY} AS event_key FROM read_parquet('{path}', "
+            f"hive_partitioning=false) ORDER BY {SORT_ORDER}) TO '{out}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+        ).fetchall()
+
+
+def engine_sql(lake: Path, conversation: str, low: int, high: int) -> str:
+    """The engine's query of one slice covering the whole range, with literal parameters."""
+    bounds = {"channel": f"'{CHANNEL}'", "conversation_id": f"'{conversation}'",
+              "from_ms": str(low), "to_ms": str(high)}  # fmt: skip
+    sql = _SELECT.format(response=_RESPONSE, events=slice_events(Lake(lake), _WHERE,
+                         Slice(low, high, 0)), digest=DIGEST)  # fmt: skip
+    for name, value in bounds.items():
+        sql = sql.replace(f"${name}", value)
+    return sql.replace("$conversation_name::VARCHAR", "NULL::VARCHAR")
+
+
+def variants(lake: Path, keyed: Path, conversation: str, low: int, high: int) -> dict[str, str]:
+    today = engine_sql(lake, conversation, low, high)
+    other = today.replace(str(lake), str(keyed))
+    key = other.replace('"event_hash"', '"event_hash", "event_key"', 1)
+    key = key.replace("event_hash AS", "event_key AS").replace(", event_hash\n", ", event_key\n")
+    bare = today.replace("event_hash AS", "NULL AS").replace(", event_hash\n", "\n")
+    return {"event_hash (today)": today, "no dedup column": bare,
+            "64-bit key, keyed copy": key, "event_hash, keyed copy": other}  # fmt: skip
+
+
+def arrow(con: duckdb.DuckDBPyConnection, sql: str) -> object:
+    return con.sql(sql).to_arrow_table()
+
+
+def timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return (time.perf_counter() - started) * 1000
+
+
+def bytes_read(con: duckdb.DuckDBPyConnection, sql: str, profile: Path) -> int:
+    con.execute("SET enable_profiling = 'json'")
+    con.execute(f"SET profiling_output = '{profile}'")
+    con.execute(sql).fetchall()
+    con.execute("SET enable_profiling = 'no_output'")
+    return int(json.loads(profile.read_text())["io"]["total_bytes_read"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=0.05)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    ds = dataset(args.scale)
+    low, high = bounds_ms(ds.first_day, ds.last_day)
+    with tempfile.TemporaryDirectory(prefix="exhaust-dedup-key-") as work:
+        keyed = Path(work) / "lake"
+        keyed_copy(ds.lake, keyed)
+        queries = variants(ds.lake, keyed, ds.small_conversation, low, high)
+        con = duckdb.connect(config={"memory_limit": "256MB"})
+        con.execute("SET parquet_metadata_cache = true")
+        copy = duckdb_copy_sql(ds.lake, ds.small_conversation, ds.first_day, ds.last_day,
+                               Path(work) / "copy.csv")  # fmt: skip
+        cases: dict[str, Callable[[], object]] = {
+            name: partial(arrow, con, sql) for name, sql in queries.items()
+        }
+        cases["DuckDB COPY (the suite's baseline)"] = lambda: con.execute(copy).fetchall()
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.runs + 1):  # the first round warms the caches and is dropped
+            for name, run in cases.items():
+                times[name].append(timed(run))
+        for name, values in times.items():
+            read = bytes_read(con, queries[name], Path(work) / "p.json") if name in queries else 0
+            size = f", read {read / 1e6:.1f} MB" if read else ""
+            print(f"{name:36s} median {statistics.median(values[1:]):6.1f} ms, "
+                  f"min {min(values[1:]):6.1f} ms{size}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
