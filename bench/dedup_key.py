@@ -23,17 +23,15 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import date
 from functools import partial
 from pathlib import Path
 
 import duckdb
 
-from bench.data import CHANNEL, dataset
-from bench.export import bounds_ms, duckdb_copy_sql
+from bench.data import dataset
+from bench.export import duckdb_copy_sql, engine_sql
 from data_exhaust.compaction import ROW_GROUP_ROWS, SORT_ORDER
-from data_exhaust.datasets.slices import Slice, slice_events
-from data_exhaust.datasets.uci_response import _RESPONSE, _SELECT, _WHERE, DIGEST
-from data_exhaust.lake import Lake
 
 KEY = "('0x' || event_hash[1:16])::UBIGINT"
 
@@ -51,23 +49,22 @@ def keyed_copy(lake: Path, into: Path) -> None:
         ).fetchall()
 
 
-def engine_sql(lake: Path, conversation: str, low: int, high: int) -> str:
-    """The engine's query of one slice covering the whole range, with literal parameters."""
-    bounds = {"channel": f"'{CHANNEL}'", "conversation_id": f"'{conversation}'",
-              "from_ms": str(low), "to_ms": str(high)}  # fmt: skip
-    sql = _SELECT.format(response=_RESPONSE, events=slice_events(Lake(lake), _WHERE,
-                         Slice(low, high, 0)), digest=DIGEST)  # fmt: skip
-    for name, value in bounds.items():
-        sql = sql.replace(f"${name}", value)
-    return sql.replace("$conversation_name::VARCHAR", "NULL::VARCHAR")
+def replaced(sql: str, old: str, new: str, count: int = -1) -> str:
+    """``sql`` with ``old`` replaced; an error if it is not there (the engine's query changed,
+    and a silently unchanged variant would time the same query twice)."""
+    if old not in sql:
+        raise ValueError(f"{old!r} is no longer in the engine's query: update bench/dedup_key.py")
+    return sql.replace(old, new, count)
 
 
-def variants(lake: Path, keyed: Path, conversation: str, low: int, high: int) -> dict[str, str]:
-    today = engine_sql(lake, conversation, low, high)
-    other = today.replace(str(lake), str(keyed))
-    key = other.replace('"event_hash"', '"event_hash", "event_key"', 1)
-    key = key.replace("event_hash AS", "event_key AS").replace(", event_hash\n", ", event_key\n")
-    bare = today.replace("event_hash AS", "NULL AS").replace(", event_hash\n", "\n")
+def variants(lake: Path, keyed: Path, conversation: str, first: date, last: date) -> dict[str, str]:
+    today = engine_sql(lake, conversation, first, last)
+    other = replaced(today, str(lake), str(keyed))
+    key = replaced(other, '"event_hash"', '"event_hash", "event_key"', 1)
+    key = replaced(
+        replaced(key, "event_hash AS", "event_key AS"), ", event_hash\n", ", event_key\n"
+    )
+    bare = replaced(replaced(today, "event_hash AS", "NULL AS"), ", event_hash\n", "\n")
     return {"event_hash (today)": today, "no dedup column": bare,
             "64-bit key, keyed copy": key, "event_hash, keyed copy": other}  # fmt: skip
 
@@ -96,11 +93,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     ds = dataset(args.scale)
-    low, high = bounds_ms(ds.first_day, ds.last_day)
     with tempfile.TemporaryDirectory(prefix="exhaust-dedup-key-") as work:
         keyed = Path(work) / "lake"
         keyed_copy(ds.lake, keyed)
-        queries = variants(ds.lake, keyed, ds.small_conversation, low, high)
+        queries = variants(ds.lake, keyed, ds.small_conversation, ds.first_day, ds.last_day)
         con = duckdb.connect(config={"memory_limit": "256MB"})
         con.execute("SET parquet_metadata_cache = true")
         copy = duckdb_copy_sql(ds.lake, ds.small_conversation, ds.first_day, ds.last_day,

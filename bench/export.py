@@ -64,9 +64,16 @@ def duckdb_copy_sql(lake: Path, conversation: str, first: date, last: date, out:
 
 
 def engine_copy_sql(lake: Path, conversation: str, first: date, last: date, out: Path) -> str:
-    """The engine's own query (``UciResponseExhaust.query``: lake union, no DISTINCT — the
-    engine drops duplicates while streaming) under COPY: separates the query's cost from the
-    Arrow CSV writer's and the job machinery's."""
+    """The engine's own query under COPY: separates the query's cost from the Arrow CSV
+    writer's and the job machinery's."""
+    return (
+        f"COPY ({engine_sql(lake, conversation, first, last)}) TO '{out}' (HEADER, DELIMITER ',')"
+    )
+
+
+def engine_sql(lake: Path, conversation: str, first: date, last: date) -> str:
+    """The engine's own query (``UciResponseExhaust``'s one slice over the whole range: lake
+    union, no DISTINCT — the engine drops duplicates while streaming), parameters inlined."""
     low, high = bounds_ms(first, last)
     where = (
         _WHERE.replace("$channel", f"'{CHANNEL}'")
@@ -75,10 +82,9 @@ def engine_copy_sql(lake: Path, conversation: str, first: date, last: date, out:
         .replace("$to_ms", str(high))
     )
     events = Lake(lake).events_sql(first, last, where, dedup=False)
-    select = _SELECT.format(response=_RESPONSE, events=events, digest=DIGEST).replace(
+    return _SELECT.format(response=_RESPONSE, events=events, digest=DIGEST).replace(
         "$conversation_name::VARCHAR", "NULL::VARCHAR"
     )
-    return f"COPY ({select}) TO '{out}' (HEADER, DELIMITER ',')"
 
 
 def run_copy(sql: str) -> tuple[float, int]:
