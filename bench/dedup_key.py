@@ -1,18 +1,17 @@
 """Probe (not part of the suite): what the small export's dedup column costs its query.
 
 ``python -m bench.dedup_key [--scale S] [--runs N]`` times the engine's own query of the small
-export (``uci-response-exhaust``'s SELECT over the lake, fetched as Arrow batches) in four
+export (``uci-response-exhaust``'s SELECT over the lake, fetched as Arrow batches) in three
 forms, alternated, beside the suite's DuckDB ``COPY`` of the same rows:
 
-* ``event_hash``: today's query, sorted by ``ets, mid, event_hash``, carrying the hash for the
-  streaming dedup;
-* no dedup column: the same query without the hash (what ``COPY`` does; not a valid export);
-* a 64-bit key: the query sorting and carrying ``event_key``, the hash's first 16 hex digits
-  as a UBIGINT, over a copy of the lake's day files with that column added (same sort order,
-  row groups and compression as the compaction's);
-* ``event_hash`` over that copy (the added column's effect on the rest).
+* ``event_key``: today's query, sorted by ``ets, mid, event_key`` and carrying the 64-bit key
+  (stored by compaction since the seventh sitting) for the streaming dedup;
+* ``event_hash``: the query before it, carrying and sorting by the 64-character hash;
+* no dedup column: the query without either (what ``COPY`` does; not a valid export).
 
-It prints the median and minimum of each and the bytes DuckDB read (its JSON profile).
+It prints the median and minimum of each and the bytes DuckDB read (its JSON profile). Before
+the lake stored the key, this probe timed it over a rewritten copy of the day files (the
+seventh sitting's items 1-3 in bench/README.md).
 """
 
 from __future__ import annotations
@@ -31,22 +30,6 @@ import duckdb
 
 from bench.data import dataset
 from bench.export import duckdb_copy_sql, engine_sql
-from data_exhaust.compaction import ROW_GROUP_ROWS, SORT_ORDER
-
-KEY = "('0x' || event_hash[1:16])::UBIGINT"
-
-
-def keyed_copy(lake: Path, into: Path) -> None:
-    """``lake``'s Parquet files rewritten under ``into`` with an ``event_key`` column."""
-    con = duckdb.connect()
-    for path in sorted(lake.rglob("*.parquet")):
-        out = into / path.relative_to(lake)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(
-            f"COPY (SELECT *, {KEY} AS event_key FROM read_parquet('{path}', "
-            f"hive_partitioning=false) ORDER BY {SORT_ORDER}) TO '{out}' "
-            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
-        ).fetchall()
 
 
 def replaced(sql: str, old: str, new: str, count: int = -1) -> str:
@@ -57,16 +40,12 @@ def replaced(sql: str, old: str, new: str, count: int = -1) -> str:
     return sql.replace(old, new, count)
 
 
-def variants(lake: Path, keyed: Path, conversation: str, first: date, last: date) -> dict[str, str]:
+def variants(lake: Path, conversation: str, first: date, last: date) -> dict[str, str]:
     today = engine_sql(lake, conversation, first, last)
-    other = replaced(today, str(lake), str(keyed))
-    key = replaced(other, '"event_hash"', '"event_hash", "event_key"', 1)
-    key = replaced(
-        replaced(key, "event_hash AS", "event_key AS"), ", event_hash\n", ", event_key\n"
-    )
-    bare = replaced(replaced(today, "event_hash AS", "NULL AS"), ", event_hash\n", "\n")
-    return {"event_hash (today)": today, "no dedup column": bare,
-            "64-bit key, keyed copy": key, "event_hash, keyed copy": other}  # fmt: skip
+    carried = "event_key AS", ", event_key\n"
+    hashed = replaced(replaced(today, carried[0], "event_hash AS"), carried[1], ", event_hash\n")
+    bare = replaced(replaced(today, carried[0], "NULL AS"), carried[1], "\n")
+    return {"event_key (today)": today, "event_hash (before)": hashed, "no dedup column": bare}
 
 
 def arrow(con: duckdb.DuckDBPyConnection, sql: str) -> object:
@@ -94,9 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     ds = dataset(args.scale)
     with tempfile.TemporaryDirectory(prefix="exhaust-dedup-key-") as work:
-        keyed = Path(work) / "lake"
-        keyed_copy(ds.lake, keyed)
-        queries = variants(ds.lake, keyed, ds.small_conversation, ds.first_day, ds.last_day)
+        queries = variants(ds.lake, ds.small_conversation, ds.first_day, ds.last_day)
         con = duckdb.connect(config={"memory_limit": "256MB"})
         con.execute("SET parquet_metadata_cache = true")
         copy = duckdb_copy_sql(ds.lake, ds.small_conversation, ds.first_day, ds.last_day,

@@ -36,7 +36,7 @@ import orjson
 import structlog
 
 from data_exhaust.fsutil import fsync_dir
-from data_exhaust.lake import MERGE_PREFIX, RAW_SUFFIX, SELECT_LIST, Lake, _file_list, _quote
+from data_exhaust.lake import MERGE_PREFIX, RAW_SUFFIX, SELECT_LIST, Lake, _quote
 from data_exhaust.logs import configure, configured_level
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 #: and in time order, so min/max statistics let a query skip the row groups of other
 #: conversations and other hours (a 1-of-50 conversation export reads ~1/10 of a file), and an
 #: export sorts rows that are already nearly in order.
-SORT_ORDER = "conversation_id, ets, mid, event_hash"
+SORT_ORDER = "conversation_id, ets, mid, event_key"
 #: Rows per Parquet row group: the unit a query skips (DuckDB's default is 122,880).
 ROW_GROUP_ROWS = 10_240
 #: DuckDB memory cap of a compaction (the server compacts in its maintenance thread).
@@ -280,7 +280,7 @@ def _write_merged(lake: Lake, files: list[Path], out: Path, memory: str | None) 
     replaces ``out`` if an earlier attempt left it)."""
     import pyarrow.parquet as pq
 
-    scan = f"read_parquet({_file_list(files)}, hive_partitioning=false)"
+    scan = lake.parquet_scan(files)  # older files get their event_key here
     count = 0
     with duckdb.connect(config=_config(lake, memory)) as con:
         schema = con.sql(f"SELECT * FROM {scan} LIMIT 0").to_arrow_table().schema

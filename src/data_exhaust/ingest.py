@@ -75,7 +75,7 @@ class Ingestor:
 
     Order matters for crash safety: events are made durable first and the ``msgid`` recorded
     after. A crash in between only means a retried batch is stored again, which the lake's
-    query-time dedup on ``(mid, event_hash)`` makes invisible; the reverse order could
+    query-time dedup on ``(mid, event_key)`` makes invisible; the reverse order could
     acknowledge a batch that was never stored.
     """
 

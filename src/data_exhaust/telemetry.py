@@ -318,7 +318,7 @@ def _utc_day(ets: int) -> str:
 
 
 def flatten(event: dict[str, Any], canonical: bytes | None = None) -> dict[str, Any]:
-    """One lake row (the lake's column contract; see :data:`data_exhaust.lake.COLUMNS`).
+    """One raw segment line (the columns of :data:`data_exhaust.lake.RAW_COLUMNS`).
 
     ``event`` must be valid. String columns holding a non-string JSON value (a numeric question
     id, a numeric ``did``) get ``str(value)``; number columns take only JSON numbers, except

@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from data_exhaust import compaction
@@ -121,7 +122,7 @@ def test_an_interrupted_merge_changes_nothing_and_is_redone(
 
 def test_duplicates_across_merged_files_are_still_dropped_by_queries(lake: Lake) -> None:
     """A retried batch lands in two segments; the merge keeps both copies and the query's
-    dedup (mid + event_hash) still returns the event once."""
+    dedup (mid + event_key) still returns the event once."""
     batch = rows(5)
     lake.append(batch)
     lake.compact(today=date(2022, 6, 21))
@@ -156,8 +157,8 @@ def test_a_day_is_merged_a_range_of_conversations_at_a_time(
 
 
 def con_sorted(stored: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
-    """The rows in SORT_ORDER (conversation_id NULLS LAST, ets, mid, event_hash)."""
-    return sorted(stored, key=lambda r: (r[5] is None, r[5] or "", r[1], r[2], r[20]))
+    """The rows in SORT_ORDER (conversation_id NULLS LAST, ets, mid, event_key)."""
+    return sorted(stored, key=lambda r: (r[5] is None, r[5] or "", r[1], r[2], r[21]))
 
 
 def test_a_day_too_big_for_the_memory_cap_is_merged_without_one(
@@ -187,3 +188,37 @@ def test_a_failed_merge_loses_nothing_and_compaction_goes_on(lake: Lake) -> None
     assert count(lake) == 14
     lake.compact(today=AFTER)  # the next compaction merges the day
     assert len(files_of(lake, "2022-06-21")) == 1 and count(lake) == 14
+
+
+def strip_event_key(path: Path) -> None:
+    """Rewrite a compacted file as releases before ``event_key`` wrote it (no such column)."""
+    old = path.with_name(".old.parquet")
+    with duckdb.connect() as con:
+        con.execute(
+            f"COPY (SELECT * EXCLUDE (event_key) FROM '{path}') TO '{old}' (FORMAT parquet)"
+        )
+    old.replace(path)
+
+
+def test_files_from_before_event_key_are_deduplicated_and_upgraded_by_a_merge(lake: Lake) -> None:
+    """A lake compacted by an older release keeps working: its files get the key derived
+    from the hash, so a batch retried across the upgrade is still dropped, and the day's
+    merge stores the key."""
+    batch, later = rows(5), rows(2, DAY1 + 5000)
+    lake.append(batch)
+    lake.compact(today=date(2022, 6, 21))
+    (old,) = lake.parquet_files()
+    assert "event_key" in pq.read_schema(old).names
+    strip_event_key(old)  # before this process first reads its footer
+    assert "event_key" not in pq.read_schema(old).names
+    expected = {row["event_hash"]: int(row["event_hash"][:16], 16) for row in batch + later}
+    keys = "SELECT event_hash, event_key FROM {e} AS e"
+    lake.append(batch + later)  # retried, raw beside the old file
+    assert count(lake) == 7 and dict(query(lake, keys)) == expected
+    lake.compact(today=date(2022, 6, 21))  # now also in a file that stores the key
+    assert len(lake.parquet_files()) == 2
+    assert count(lake) == 7 and dict(query(lake, keys)) == expected
+    lake.compact(today=AFTER)
+    (merged,) = lake.parquet_files()
+    assert "event_key" in pq.read_schema(merged).names
+    assert count(lake) == 7 and dict(query(lake, keys)) == expected

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from data_exhaust.ingest import split_events
-from data_exhaust.lake import COLUMNS
+from data_exhaust.lake import RAW_COLUMNS
 from data_exhaust.telemetry import compact_json, flatten, validate_event
 from tests.factories import CONVERSATION_ID, DELETE, DEVICE_ID, assess_event, ftp_event
 
@@ -131,9 +131,9 @@ def test_non_objects_and_oversized_events_are_rejected() -> None:
     )
 
 
-def test_flatten_gives_exactly_the_lake_columns() -> None:
+def test_flatten_gives_exactly_the_raw_columns() -> None:
     row = flatten(assess_event())
-    assert list(row) == list(COLUMNS)
+    assert list(row) == list(RAW_COLUMNS)
     assert row["conversation_id"] == CONVERSATION_ID
     assert row["device_id"] == DEVICE_ID == row["actor_id"]
     assert row["session_id"] == f"session-{DEVICE_ID[:8]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -167,18 +168,18 @@ _DOUBLES = ("duration", "score", "max_score")
 LAKE_COLUMNS = (
     "eid", "ets", "mid", "channel", "pdata_id", "conversation_id", "device_id", "session_id",
     "actor_id", "item_id", "item_type", "item_title", "item_desc", "duration", "score",
-    "max_score", "options", "response", "xpath", "eof", "event_hash", "event", "date",
+    "max_score", "options", "response", "xpath", "eof", "event_hash", "event_key", "event", "date",
 )  # fmt: skip
-LAKE_SCHEMA = pa.schema(
-    [
-        (name, pa.int64() if name == "ets" else pa.float64() if name in _DOUBLES else pa.string())
-        for name in LAKE_COLUMNS
-    ]
-)
+_TYPES = {"ets": pa.int64(), "event_key": pa.uint64(), **{name: pa.float64() for name in _DOUBLES}}
+LAKE_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in LAKE_COLUMNS])
 
 
 def _ms(iso_utc: str) -> int:
     return int(datetime.fromisoformat(iso_utc).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def lake_row(**overrides: Any) -> dict[str, Any]:
@@ -206,7 +207,8 @@ def lake_row(**overrides: Any) -> dict[str, Any]:
         "eof": "false",
     }
     row.update(overrides)
-    row.setdefault("event_hash", f"h-{row['mid']}-{row['ets']}-{row['channel']}")
+    row.setdefault("event_hash", _hash(f"{row['mid']}-{row['ets']}-{row['channel']}"))
+    row.setdefault("event_key", int(row["event_hash"][:16], 16))
     row.setdefault("event", orjson.dumps({"eid": row["eid"], "mid": row["mid"]}).decode())
     row.setdefault("date", datetime.fromtimestamp(row["ets"] / 1000, UTC).date().isoformat())
     return row
@@ -455,7 +457,9 @@ def test_rows_are_ordered_by_ets_then_mid(
         lake_row(mid="z", ets=t),
         lake_row(mid="a", ets=t + 5),
         lake_row(mid="c", ets=t + 1),
-        lake_row(mid="a", ets=t + 5, item_id="q2", event_hash="h2"),  # same mid, another reply
+        lake_row(
+            mid="a", ets=t + 5, item_id="q2", event_hash=_hash("h2")
+        ),  # same mid, another reply
     ]
     _, out_rows, _ = _run_csv(_context(settings, con, make_lake(tmp_path, rows)))
     assert [r["Message ID"] for r in out_rows] == ["z", "c", "a", "a", "b"]

@@ -15,7 +15,7 @@ def drop_adjacent_duplicates(
 ) -> pa.RecordBatchReader:
     """``reader`` without rows whose ``mid`` and ``digest`` equal the previous row's, and
     without the ``digest`` column. The input must be sorted so that duplicates are adjacent
-    (equal events have equal ``ets``, so ``ORDER BY ets, mid, event_hash`` does it)."""
+    (equal events have equal ``ets``, so ``ORDER BY ets, mid, event_key`` does it)."""
     schema = reader.schema
     output = schema.remove(schema.get_field_index(digest))
 

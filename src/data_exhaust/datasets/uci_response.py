@@ -2,8 +2,8 @@
 
 One row per ASSESS event of the job's channel and the requested conversation whose event time
 falls in the inclusive calendar dates ``startDate..endDate`` of ``EXHAUST_TIMEZONE``, ordered
-by ``ets`` then ``mid`` (then the event hash, so events sharing both still come out in the same
-order every run).
+by ``ets`` then ``mid`` (then the event's dedup key, so events sharing both still come out in
+the same order every run).
 
 DuckDB does all the work: a single query over the lake yields exactly the output columns with
 the types that make the cells look right (see :mod:`data_exhaust.output`):
@@ -94,11 +94,11 @@ SELECT
     xpath AS "X Path",
     eof AS "Eof",
     strftime(make_timestamp(ets * 1000), '%Y-%m-%dT%H:%M:%S.%gZ') AS "Timestamp",
-    event_hash AS "{digest}"
+    event_key AS "{digest}"
 FROM {events} AS e
-ORDER BY ets, mid, event_hash
+ORDER BY ets, mid, event_key
 """
-DIGEST = "__event_hash"  # carried for the streaming dedup, then dropped
+DIGEST = "__event_key"  # carried for the streaming dedup, then dropped (lake.EVENT_KEY_SQL)
 _WHERE = (
     "eid = 'ASSESS' AND channel = $channel AND conversation_id = $conversation_id"
     " AND ets >= $from_ms AND ets < $to_ms"
