@@ -32,6 +32,7 @@ Why it is safe without a coordinator:
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import threading
 import time
@@ -101,16 +102,12 @@ def _file_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join(_quote(str(p)) for p in paths) + "]"
 
 
-_KEYED: dict[Path, bool] = {}
-
-
+@functools.lru_cache(maxsize=100_000)  # a path and a bool each; ~10 years of hourly files
 def _has_event_key(path: Path) -> bool:
     """Whether the compacted file stores ``event_key`` (see :meth:`Lake.parquet_scan`)."""
-    if path not in _KEYED:
-        import pyarrow.parquet as pq  # not imported by the ingest workers, which never read
+    import pyarrow.parquet as pq  # not imported by the ingest workers, which never read
 
-        _KEYED[path] = "event_key" in pq.read_schema(path).names
-    return _KEYED[path]
+    return "event_key" in pq.read_schema(path).names
 
 
 def _segment_of(parquet_name: str) -> str:
