@@ -327,8 +327,9 @@ class Lake:
         Files written before ``event_key`` was stored get it derived (:data:`EVENT_KEY_SQL`);
         a day merge rewrites them with it. Whether a file has it is read from its footer once
         per process: committed files never change."""
-        keyed = [path for path in files if _has_event_key(path)]
-        legacy = [path for path in files if not _has_event_key(path)]
+        has_key = {path: _has_event_key(path) for path in files}
+        keyed = [path for path in files if has_key[path]]
+        legacy = [path for path in files if not has_key[path]]
         keyed_scan, legacy_scan = (
             f"read_parquet({_file_list(group)}, hive_partitioning=false)"
             for group in (keyed, legacy)
@@ -361,7 +362,7 @@ class Lake:
         """
         parquet, raw = self._files(first_day, last_day)
         distinct = "DISTINCT ON (mid, event_key) " if dedup else ""
-        if parquet and not raw:  # compacted files already have the lake's types: no union
+        if parquet and not raw:  # compacted files already have the lake's types: no raw union
             scan = self.parquet_scan(parquet)
             return f"(SELECT {distinct}{NAMES} FROM {scan} AS lake_rows WHERE ({where}))"
         parts = [f"SELECT {EMPTY_SELECT} WHERE false"]  # the empty lake still has the columns

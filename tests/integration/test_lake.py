@@ -130,6 +130,16 @@ def test_dedup_drops_retries_but_keeps_different_events_sharing_a_mid(lake: Lake
     assert query(lake, "SELECT count(DISTINCT event_hash), min(mid) FROM {e} AS e") == [(2, "m-1")]
 
 
+def test_a_hand_made_line_whose_hash_is_not_hex_is_compacted_and_kept(lake: Lake) -> None:
+    """Its dedup key is NULL: the compaction does not fail on it, and it is never dropped."""
+    odd = {**flatten(ftp_event(mid="m-odd")), "event_hash": "not-a-sha256"}
+    lake.append([odd, flatten(ftp_event(mid="m-2"))])
+    lake.compact()
+    assert lake.stats()["raw_segments"] == 0 and len(lake.parquet_files()) == 1
+    got = query(lake, "SELECT mid, event_key FROM {e} AS e ORDER BY mid")
+    assert got[0][0] == "m-2" and got[1] == ("m-odd", None)
+
+
 def test_interrupted_compaction_is_redone_without_loss_or_double_count(
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,6 +29,7 @@ from data_exhaust.datasets.uci_response import (
 )
 from data_exhaust.db import make_engine, migrate
 from data_exhaust.jobs import Job, OutputFile, Status
+from data_exhaust.lake import COLUMNS
 from data_exhaust.output import write_output
 from data_exhaust.registry import Registry
 from data_exhaust.settings import Settings
@@ -164,14 +165,14 @@ def test_local_day_bounds_when_midnight_is_skipped() -> None:
 
 # -- a small real lake ------------------------------------------------------------------------
 
-_DOUBLES = ("duration", "score", "max_score")
-LAKE_COLUMNS = (
-    "eid", "ets", "mid", "channel", "pdata_id", "conversation_id", "device_id", "session_id",
-    "actor_id", "item_id", "item_type", "item_title", "item_desc", "duration", "score",
-    "max_score", "options", "response", "xpath", "eof", "event_hash", "event_key", "event", "date",
-)  # fmt: skip
-_TYPES = {"ets": pa.int64(), "event_key": pa.uint64(), **{name: pa.float64() for name in _DOUBLES}}
-LAKE_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in LAKE_COLUMNS])
+_ARROW = {
+    "VARCHAR": pa.string(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "UBIGINT": pa.uint64(),
+}
+#: The lake's columns (``lake.COLUMNS``) as Arrow types.
+LAKE_SCHEMA = pa.schema([(name, _ARROW[kind]) for name, kind in COLUMNS.items()])
 
 
 def _ms(iso_utc: str) -> int:
@@ -457,9 +458,7 @@ def test_rows_are_ordered_by_ets_then_mid(
         lake_row(mid="z", ets=t),
         lake_row(mid="a", ets=t + 5),
         lake_row(mid="c", ets=t + 1),
-        lake_row(
-            mid="a", ets=t + 5, item_id="q2", event_hash=_hash("h2")
-        ),  # same mid, another reply
+        lake_row(mid="a", ets=t + 5, item_id="q2", event_hash=_hash("h2")),  # another reply
     ]
     _, out_rows, _ = _run_csv(_context(settings, con, make_lake(tmp_path, rows)))
     assert [r["Message ID"] for r in out_rows] == ["z", "c", "a", "a", "b"]
