@@ -26,7 +26,14 @@ from data_exhaust.keys import KeyStore
 from tests.acceptance.conftest import Deployment, wait_until
 from tests.acceptance.test_tasks_http import big_teams_csv, task
 from tests.acceptance.test_workers import CHANNEL, published, read, submit
-from tests.celery_support import AMQP_URL, REDIS_URL, delete_queue, need_broker, unique_queue
+from tests.celery_support import (
+    AMQP_URL,
+    REDIS_URL,
+    delete_queue,
+    need_broker,
+    reachable,
+    unique_queue,
+)
 from tests.conftest import PG_HOST, sa_url
 
 #: RabbitMQ and Redis tests run one at a time, on one xdist worker: one of them restarts
@@ -242,7 +249,8 @@ def test_a_rabbitmq_restart_while_jobs_wait_loses_nothing(rabbit: Cluster) -> No
         rabbitmqctl("stop_app")
         during = [rabbit.submit("restart", rows=n) for n in range(6, 8)]  # publishing fails
     finally:
-        rabbitmqctl("start_app")  # always leave the broker running
+        rabbitmqctl("start_app")  # always leave the broker running,
+        assert reachable(AMQP_URL, 60)  # and accepting connections before the next test
     for request_id in busy:
         rabbit.stop("hold", request_id)
     every = before + during
