@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,30 +15,29 @@ from kombu.connection import Connection
 
 from data_exhaust.celery_executor import CeleryExecutor, CeleryOptions
 from data_exhaust.services import Services
-from tests.conftest import IN_CI, need
+from tests.conftest import SERVICE_PATIENCE, need, patiently
 
 AMQP_URL = os.environ.get("EXHAUST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("EXHAUST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def _accepts(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 3):
+            return True
+    except OSError:
+        return False
+
+
 def reachable(url: str, patience: float = 0.0) -> bool:
     """Whether ``url``'s broker accepts a connection, trying for up to ``patience`` seconds."""
-    parts = urlsplit(url)
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 3):
-                return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-        time.sleep(0.5)
+    return patiently(lambda: _accepts(url) or None, patience) is not None
 
 
 def need_broker(url: str) -> str:
     """``url`` if its broker is running (skip locally, fail in CI otherwise)."""
-    # In CI a broker that is busy or coming back from a restart gets a minute, not one try.
-    need("RabbitMQ" if url.startswith("amqp") else "Redis", reachable(url, 60 if IN_CI else 0))
+    need("RabbitMQ" if url.startswith("amqp") else "Redis", reachable(url, SERVICE_PATIENCE))
     return url
 
 

@@ -4,10 +4,12 @@ template), settings in a temporary data dir, and a service stack over them."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -20,6 +22,19 @@ pytest_plugins = ["tests.pii_guard"]
 
 PG_HOST = os.environ.get("EXHAUST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI") == "true"
+#: How long a service may take to answer when a test needs it: in CI a minute (a broker back
+#: from a restart, a busy database), locally one try (then the test is skipped).
+SERVICE_PATIENCE = 60.0 if IN_CI else 0.0
+
+T = TypeVar("T")
+
+
+def patiently(attempt: Callable[[], T | None], patience: float = SERVICE_PATIENCE) -> T | None:
+    """``attempt()``'s first result that is not None, tried every 0.5 s for ``patience`` s."""
+    deadline = time.monotonic() + patience
+    while (result := attempt()) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return result
 
 
 def need(service: str, available: bool) -> None:
@@ -31,11 +46,15 @@ def need(service: str, available: bool) -> None:
     pytest.skip(f"{service} is not running")
 
 
-def _pg_admin() -> psycopg.Connection[tuple[object, ...]] | None:
+def _pg_connect() -> psycopg.Connection[tuple[object, ...]] | None:
     try:
         return psycopg.connect(f"{PG_HOST}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError:
         return None
+
+
+def _pg_admin() -> psycopg.Connection[tuple[object, ...]] | None:
+    return patiently(_pg_connect)
 
 
 def sa_url(database: str) -> str:
