@@ -43,23 +43,42 @@ class IngestResult:
     duplicate_batch: bool = False
 
 
-def split_events(
-    events: list[Any], channels: Collection[str] | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(lake rows, rejections for the answer, quarantine records) of a list of events.
+@dataclass
+class SplitBatch:
+    """A batch's events sorted out: the raw segment lines of the valid ones (as
+    :func:`~data_exhaust.lake.encode_rows` writes them), the answer's rejections
+    (``{"index", "mid", "errors"}``) and the quarantine's records."""
+
+    encoded: bytes
+    accepted: int
+    rejected: list[dict[str, Any]]
+    bad: list[dict[str, Any]]
+
+
+#: Each valid event's row as one raw segment line.
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+
+def split_events(events: list[Any], channels: Collection[str] | None = None) -> SplitBatch:
+    """Check, flatten and encode a list of events, one at a time.
 
     With ``channels``, an event of another channel is rejected: a key may only write
-    telemetry for the tenants it is bound to.
+    telemetry for the tenants it is bound to. ``events`` is emptied as it is read (each item
+    set to None once its line is encoded), so that the next event's row takes the memory the
+    last one freed while it is still in the CPU's caches: a batch of 1,000 took 27-31 µs of
+    CPU per event that way, against 38-42 µs when every event and row stayed alive until the
+    whole batch was encoded (bench/README.md, tenth sitting).
     """
-    rows: list[dict[str, Any]] = []
+    lines: list[bytes] = []
     rejected: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     for index, event in enumerate(events):
+        events[index] = None
         errors, canonical = check_event(event)
         if canonical is not None:
             row = flatten(event, canonical)
             if channels is None or row["channel"] in channels:
-                rows.append(row)
+                lines.append(orjson.dumps(row, option=_LINE))
                 continue
             errors = [f"context.channel '{row['channel']}' is not allowed for this API key"]
         mid = event.get("mid") if isinstance(event, dict) else None
@@ -67,7 +86,7 @@ def split_events(
             {"index": index, "mid": mid if isinstance(mid, str) else None, "errors": errors}
         )
         bad.append({"index": index, "errors": errors, "event": event})
-    return rows, rejected, bad
+    return SplitBatch(b"".join(lines), len(lines), rejected, bad)
 
 
 class Ingestor:
@@ -83,28 +102,51 @@ class Ingestor:
         self.lake = lake
         self.engine = engine
 
-    def ingest(self, body: dict[str, Any], channels: Collection[str] | None = None) -> IngestResult:
-        """Store one API batch; ``channels`` limits the tenants its events may belong to."""
+    @staticmethod
+    def parse(raw: bytes) -> dict[str, Any]:
+        """An API request body as a batch object, or a ``CLIENT_ERROR`` saying how to fix it."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            message = f"the request body is not valid JSON ({exc}); {EVENTS_HINT}"
+            raise ApiError("CLIENT_ERROR", message) from None
+        if not isinstance(body, dict):
+            raise ApiError("CLIENT_ERROR", EVENTS_HINT)
+        return body
+
+    def ingest(
+        self, body: dict[str, Any], channels: Collection[str] | None = None, *,
+        consume: bool = False,
+    ) -> IngestResult:  # fmt: skip
+        """Store one API batch; ``channels`` limits the tenants its events may belong to.
+
+        ``consume=True`` lets it empty ``body["events"]`` as it goes (:func:`split_events`),
+        for a body no one reads afterwards (the API's, just parsed): it takes a quarter off
+        the batch's CPU. Otherwise the caller's list is left as it was."""
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list):
             raise ApiError("CLIENT_ERROR", EVENTS_HINT)
+        events = events if consume else list(events)
         params = body.get("params")
         msgid = params.get("msgid") if isinstance(params, dict) else None
         msgid = msgid if isinstance(msgid, str) and msgid else None
         if msgid is not None and (seen := self._recorded(msgid)) is not None:
             # The retry carries the same events: re-validating (nothing stored) re-lists the
             # rejected ones, which the table does not keep.
-            _, rejected, _ = split_events(events, channels)
+            rejected = split_events(events, channels).rejected
             log.info("telemetry.duplicate_batch", msgid=msgid, accepted=seen.accepted)
             return IngestResult(seen.accepted, rejected, duplicate_batch=True)
-        rows, rejected, bad = split_events(events, channels)
-        self.lake.append(rows)
-        if bad:
-            self.lake.quarantine([{**item, "source": "api", "msgid": msgid} for item in bad])
+        split = split_events(events, channels)
+        self.lake.append_encoded(split.encoded)
+        if split.bad:
+            self.lake.quarantine([{**item, "source": "api", "msgid": msgid} for item in split.bad])
         if msgid is not None:
-            self._record(msgid, len(rows), len(rejected))
-        log.info("telemetry.ingested", msgid=msgid, accepted=len(rows), rejected=len(rejected))
-        return IngestResult(len(rows), rejected)
+            self._record(msgid, split.accepted, len(split.rejected))
+        log.info(
+            "telemetry.ingested", msgid=msgid, accepted=split.accepted,
+            rejected=len(split.rejected),
+        )  # fmt: skip
+        return IngestResult(split.accepted, split.rejected)
 
     def _recorded(self, msgid: str) -> TelemetryBatch | None:
         from sqlalchemy.orm import Session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -11,7 +12,7 @@ import orjson
 import pytest
 
 from data_exhaust.ingest import split_events
-from data_exhaust.lake import RAW_COLUMNS
+from data_exhaust.lake import RAW_COLUMNS, encode_rows
 from data_exhaust.telemetry import compact_json, flatten, validate_event
 from tests.factories import CONVERSATION_ID, DELETE, DEVICE_ID, assess_event, ftp_event
 
@@ -224,9 +225,12 @@ def test_compact_json_matches_the_standard_library(value: object) -> None:
 
 
 def test_split_events_lists_rejections_with_index_and_mid() -> None:
-    events = [assess_event(), assess_event(mid="bad-1", ets=1655822756), "junk"]
-    rows, rejected, quarantine = split_events(events)
-    assert len(rows) == 1
-    assert [(r["index"], r["mid"]) for r in rejected] == [(1, "bad-1"), (2, None)]
-    assert rejected[1]["errors"] == ["event must be a JSON object"]
-    assert [q["event"] for q in quarantine] == events[1:]
+    events: list[Any] = [assess_event(), assess_event(mid="bad-1", ets=1655822756), "junk"]
+    sent = copy.deepcopy(events)
+    split = split_events(events)
+    assert split.accepted == 1
+    assert split.encoded == encode_rows([flatten(sent[0])])  # the raw segment's line
+    assert [(r["index"], r["mid"]) for r in split.rejected] == [(1, "bad-1"), (2, None)]
+    assert split.rejected[1]["errors"] == ["event must be a JSON object"]
+    assert [q["event"] for q in split.bad] == sent[1:]
+    assert events == [None, None, None]  # consumed as read: see split_events

@@ -1,9 +1,9 @@
 """``POST /v1/telemetry`` (alias ``/data/v1/telemetry``): the chatbot's telemetry (api.md §6).
 
-The body is read and parsed here rather than by FastAPI/pydantic: a 1,000-event batch must not
-be turned into models (orjson on the raw bytes is an order of magnitude cheaper), and the size
-limit must be enforced before parsing. Parsing and the ingest (which blocks on ``fsync``) run
-in the thread pool, keeping the event loop free for other requests.
+The body is read here and parsed by ``Ingestor.parse``, not by FastAPI/pydantic: a 1,000-event
+batch must not be turned into models (orjson on the raw bytes is an order of magnitude
+cheaper), and the size limit must be enforced before parsing. Parsing and the ingest (which
+blocks on ``fsync``) run in the thread pool, keeping the event loop free for other requests.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from data_exhaust.api.deps import require_scope, services_of
 from data_exhaust.api.errors import ApiError
 from data_exhaust.ingest import IngestResult
 from data_exhaust.keys import Caller
-from data_exhaust.telemetry import EVENTS_HINT
 
 router = APIRouter(tags=["telemetry"])
 IngestCaller = Annotated[Caller, Depends(require_scope("ingest"))]
@@ -80,17 +79,6 @@ async def _read_raw(request: Request, limit: int) -> bytes:
     return raw
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        message = f"the request body is not valid JSON ({exc}); {EVENTS_HINT}"
-        raise ApiError("CLIENT_ERROR", message) from None
-    if not isinstance(body, dict):
-        raise ApiError("CLIENT_ERROR", EVENTS_HINT)
-    return body
-
-
 def _answer(body: dict[str, Any], result: IngestResult) -> Response:
     params = body.get("params")
     msgid = params.get("msgid") if isinstance(params, dict) else None
@@ -124,10 +112,10 @@ async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
     def store() -> Response:
         # Parsing a 1,000-event batch takes tens of milliseconds: here, in the thread pool
         # with the ingest, not in the event loop where it would hold up every other request.
-        body = _parse(raw)
+        body = services.ingestor.parse(raw)
         params = body.get("params")
         if isinstance(params, dict) and isinstance(params.get("msgid"), str):
             request.state.msgid = params["msgid"]  # echoed by error envelopes too
-        return _answer(body, services.ingestor.ingest(body, channels))
+        return _answer(body, services.ingestor.ingest(body, channels, consume=True))
 
     return await run_in_threadpool(store)
