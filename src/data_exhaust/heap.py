@@ -68,7 +68,7 @@ def keep_freed_memory() -> None:
     """Let glibc keep and reuse the memory a bulk ingest frees, rather than hand it back to
     the system and fault it in again, zeroed, for the next chunk.
 
-    Each chunk of ``exhaust ingest FILE`` (5,000 lines, ~6.5 MB, and its parsed events and
+    Each chunk of ``exhaust ingest FILE`` (8 MB, ~6,000 lines, and its parsed events and
     rows) is allocated and freed again: the buffers over glibc's mmap threshold were mapped
     and unmapped per chunk, and the heap's top trimmed and grown again, 3.9 page faults per
     event. With buffers up to 32 MB taken from the heap, and up to 256 MB freed at its top

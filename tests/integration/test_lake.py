@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from data_exhaust import compaction as lake_module
 from data_exhaust.api.errors import ApiError
 from data_exhaust.db import make_engine
-from data_exhaust.ingest import Ingestor, ingest_file
+from data_exhaust.ingest import Chunk, Ingestor, ingest_file
 from data_exhaust.lake import COLUMNS, Lake
 from data_exhaust.models import TelemetryBatch
 from data_exhaust.telemetry import flatten
@@ -213,10 +213,11 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "chunk_bytes"), [(1, 1), (2, 1), (2, 100), (2, 10**6)])
 def test_ingest_file_quarantines_bad_lines_with_their_numbers(
-    lake: Lake, tmp_path: Path, workers: int
+    lake: Lake, tmp_path: Path, workers: int, chunk_bytes: int
 ) -> None:
+    # chunks of one line, of lines cut anywhere (100 bytes), and of the whole file
     good = [orjson.dumps(ftp_event(ets=DAY1 + i)) for i in range(7)]
     lines = [*good[:3], b"{not json", b"", orjson.dumps(ftp_event(ets=1655822756))]
     lines += [orjson.dumps(batch([ftp_event(ets=DAY2), ftp_event(ets=DAY2 + 1)])), *good[3:]]
@@ -225,7 +226,7 @@ def test_ingest_file_quarantines_bad_lines_with_their_numbers(
     done = ingest_file(
         source,
         lake,
-        chunk_events=3,
+        chunk_bytes=chunk_bytes,
         workers=workers,
         on_progress=lambda b, n: progress.append((b, n)),
     )
@@ -246,6 +247,20 @@ def test_ingest_file_quarantines_bad_lines_with_their_numbers(
     ]
     assert all("received_at" in item for item in quarantined)
     assert lake.stats()["quarantined"] == 2
+
+
+def test_a_file_changed_while_it_is_ingested_is_refused(tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "events.jsonl", [orjson.dumps(ftp_event())])
+    chunk = Chunk(0, source.stat().st_size + 10, 1, 1)  # the file was longer when chunked
+    with pytest.raises(RuntimeError, match="changed while it was ingested"):
+        chunk.read(source)
+
+
+def test_the_last_line_needs_no_newline(lake: Lake, tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(orjson.dumps(ftp_event(ets=DAY1)) + b"\n" + orjson.dumps(ftp_event()))
+    done = ingest_file(source, lake, chunk_bytes=10, workers=2)
+    assert (done.lines, done.accepted, done.rejected) == (2, 2, 0)
 
 
 def test_a_chunk_longer_than_an_encoding_batch_keeps_every_row_once(
