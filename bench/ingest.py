@@ -6,6 +6,7 @@ DuckDB alone; Python parse / canonical JSON / SHA-256 on 1 and 2 processes)."""
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from bench.common import Config, Row, fmt_rate, fmt_s, median, percentile
 from bench.data import CHANNEL, Dataset, dataset
 from bench.ingest_ceiling import (
     PROCESSES,
+    batch_ceiling,
     duckdb_ceilings,
     http_ceilings,
     medians,
@@ -204,6 +206,7 @@ def ceilings(config: Config, ds: Dataset, path: Path, count: int) -> dict[str, A
         "http": http_ceilings(config, load, by_size, THREADS),
         "duckdb": duckdb_ceilings(path, count, config.runs),
         "python": python_ceilings(path, count, config.runs),
+        "batch": batch_ceiling(ds.jsonl, len(lines), 1000, config.runs),
     }
 
 
@@ -216,7 +219,7 @@ def run(config: Config) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
         found = ceilings(config, ds, path, count)
     finally:
         path.unlink()
-    rows = [*api_rows(cases), *http_ceiling_rows(found["http"])]
+    rows = [*api_rows(cases), *http_ceiling_rows(found["http"]), *http_bound_rows(found)]
     raw, compacted = queryable["uncompacted"], queryable["after_compaction"]
     rows.append(Row(
         "2", "ingest ack → queryable", f"{queryable['raw_lake']['raw_bytes'] / 1e6:,.0f} MB raw",
@@ -273,6 +276,34 @@ def http_ceiling_rows(http: dict[str, Any]) -> list[Row]:
                 f"{ratio:.2f}× target" if size == "1000" else "",
             ))  # fmt: skip
     return rows
+
+
+def http_bound_rows(found: dict[str, Any]) -> list[Row]:
+    """The service's per-batch work without HTTP or I/O, then with the bare route's transfer
+    of the same bodies and the load generator's CPU added: the least CPU an event costs
+    through this service's code here, so the most the machine's cores can take in."""
+    batch = found["batch"]
+    work = batch["median_cpu_us_per_event"]
+    transfer = found["http"]["read_only"][str(batch["size"])]
+    read = transfer["median_server_cpu_us_per_event"]
+    client = transfer["median_client_cpu_us_per_event"]
+    total, cores = work + read + client, os.cpu_count() or 1
+    most = cores * 1e6 / total
+    verdict = "out of reach with this code" if most < API_TARGET else "within reach"
+    case = f"batches of {batch['size']}, {batch['events']:,} events"
+    return [
+        Row(
+            "2", "ingest ceiling: Python the service's per-batch work, no HTTP, no I/O",
+            f"{case}, parse + check + flatten + row JSON, 1 process, heap frozen",
+            f"{work:.1f} µs CPU/event ({fmt_rate(1e6 / work, 'events/s')} a core)",
+        ),
+        Row(
+            "2", "ingest bound: per-batch work + the HTTP transfer + the client", case,
+            f"{work:.1f} + {read:.1f} + {client:.1f} = {total:.1f} µs CPU/event: at most "
+            f"{fmt_rate(most, 'events/s')} on {cores} cores", "",
+            f"{most / API_TARGET:.2f}× target", f"≥ {API_TARGET:,}/s: {verdict}",
+        ),
+    ]  # fmt: skip
 
 
 def bulk_ceiling_rows(found: dict[str, Any], count: int) -> list[Row]:

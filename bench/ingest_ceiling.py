@@ -218,3 +218,36 @@ def _summary(events: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     cpu = median([max(r["cpu_s"]) if isinstance(r["cpu_s"], list) else r["cpu_s"] for r in runs])
     return {"runs": runs, "median_s": seconds, "median_events_per_s": events / seconds,
             "median_cpu_s": cpu, "cpu_bound_events_per_s": events / cpu}  # fmt: skip
+
+
+# -- HTTP: the service's per-batch work, without HTTP or I/O ---------------------------------
+
+
+def batch_pass(path: str, count: int, size: int, runs: int) -> list[float]:
+    """In a process of its own with the heap frozen, as a server's is: CPU seconds of each of
+    ``runs`` passes (after a warm-up) over the first ``count`` events of ``path`` as request
+    bodies of ``size`` events, doing what ``POST /v1/telemetry`` does with a body before it
+    writes: ``Ingestor.parse``, then ``split_events`` (checks, rows, their JSON lines)."""
+    from bench.ingest import bodies, read_lines
+    from data_exhaust.heap import freeze_heap
+    from data_exhaust.ingest import Ingestor, split_events
+
+    made = bodies(read_lines(Path(path), count), size)
+    freeze_heap()
+
+    def one_pass() -> float:
+        cpu = time.process_time()
+        for body in made:
+            split_events(Ingestor.parse(body)["events"])
+        return time.process_time() - cpu
+
+    one_pass()
+    return [one_pass() for _ in range(runs)]
+
+
+def batch_ceiling(path: Path, count: int, size: int, runs: int) -> dict[str, Any]:
+    """:func:`batch_pass` in a fresh spawned process; µs of CPU per event."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        seconds = pool.apply(batch_pass, (str(path), count, size, runs))
+    return {"events": count, "size": size, "cpu_s": seconds,
+            "median_cpu_us_per_event": median(seconds) / count * 1e6}  # fmt: skip

@@ -52,7 +52,9 @@ class Server:
                 "EXHAUST_SECRET_KEY": "bench-secret",
                 "EXHAUST_COMPACT_INTERVAL_SECONDS": "0",
                 "EXHAUST_LOG_JSON": "1",
-                "PYTHONPATH": str(REPO),
+                # The checkout's own code first: an A/B run from a worktree must not serve
+                # the code the virtualenv's editable install points at.
+                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
             }
         )
         env.update(self.extra_env)
