@@ -220,34 +220,59 @@ def _summary(events: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "median_cpu_s": cpu, "cpu_bound_events_per_s": events / cpu}  # fmt: skip
 
 
-# -- HTTP: the service's per-batch work, without HTTP or I/O ---------------------------------
+# -- HTTP: the service's per-batch work, without HTTP -----------------------------------------
 
 
-def batch_pass(path: str, count: int, size: int, runs: int) -> list[float]:
+def batch_pass(path: str, count: int, size: int, runs: int, work: str) -> dict[str, list[float]]:
     """In a process of its own with the heap frozen, as a server's is: CPU seconds of each of
     ``runs`` passes (after a warm-up) over the first ``count`` events of ``path`` as request
-    bodies of ``size`` events, doing what ``POST /v1/telemetry`` does with a body before it
-    writes: ``Ingestor.parse``, then ``split_events`` (checks, rows, their JSON lines)."""
+    bodies of ``size`` events. ``split``: what ``POST /v1/telemetry`` does with a body before
+    it writes (``Ingestor.parse``, then ``split_events``: checks, rows, their JSON lines).
+    ``stored``: all it does without HTTP (``Ingestor.parse`` and ``Ingestor.ingest``: the
+    same, the ``fsync``'d append to a lake under ``work`` and the ``msgid`` lookup and record
+    in a SQLite database there), a fresh ``msgid`` per body every pass."""
     from bench.ingest import bodies, read_lines
+    from data_exhaust.db import make_engine
     from data_exhaust.heap import freeze_heap
     from data_exhaust.ingest import Ingestor, split_events
+    from data_exhaust.lake import Lake
+    from data_exhaust.logs import configure
+    from data_exhaust.models import Base
 
-    made = bodies(read_lines(Path(path), count), size)
+    sys.stderr = open(Path(work) / "batch.log", "w")  # noqa: SIM115 — as the bench's servers log
+    configure("INFO", json=True)
+    lines = read_lines(Path(path), count)
+    engine = make_engine(f"sqlite:///{work}/bench.db")
+    Base.metadata.create_all(engine)
+    ingestor = Ingestor(Lake(Path(work) / "lake"), engine)
     freeze_heap()
 
-    def one_pass() -> float:
-        cpu = time.process_time()
+    def split(made: list[bytes]) -> None:
         for body in made:
             split_events(Ingestor.parse(body)["events"])
-        return time.process_time() - cpu
 
-    one_pass()
-    return [one_pass() for _ in range(runs)]
+    def stored(made: list[bytes]) -> None:
+        for body in made:
+            ingestor.ingest(Ingestor.parse(body), consume=True)
+
+    found: dict[str, list[float]] = {}
+    for name, step in (("split", split), ("stored", stored)):
+        step(bodies(lines, size))  # warm-up
+        found[name] = []
+        for _ in range(runs):
+            made = bodies(lines, size)
+            cpu = time.process_time()
+            step(made)
+            found[name].append(time.process_time() - cpu)
+    engine.dispose()
+    return found
 
 
-def batch_ceiling(path: Path, count: int, size: int, runs: int) -> dict[str, Any]:
-    """:func:`batch_pass` in a fresh spawned process; µs of CPU per event."""
+def batch_ceiling(path: Path, count: int, size: int, runs: int, work: Path) -> dict[str, Any]:
+    """:func:`batch_pass` in a fresh spawned process; µs of CPU per event of each pass."""
+    work.mkdir(parents=True, exist_ok=True)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        seconds = pool.apply(batch_pass, (str(path), count, size, runs))
-    return {"events": count, "size": size, "cpu_s": seconds,
-            "median_cpu_us_per_event": median(seconds) / count * 1e6}  # fmt: skip
+        found = pool.apply(batch_pass, (str(path), count, size, runs, str(work)))
+    return {"events": count, "size": size, "cpu_s": found,
+            **{f"median_{name}_us_per_event": median(seconds) / count * 1e6
+               for name, seconds in found.items()}}  # fmt: skip
