@@ -19,7 +19,14 @@ from bench.data import CHANNEL, Dataset, dataset
 from bench.server import POLL_SECONDS, ExportRun, export_once, server
 from data_exhaust.datasets.slices import count_slices
 from data_exhaust.datasets.uci_common import local_day_bounds_ms
-from data_exhaust.datasets.uci_response import _RESPONSE, _SELECT, _WHERE, DIGEST, HEADER
+from data_exhaust.datasets.uci_response import (
+    _RESPONSE,
+    _SELECT,
+    _WHERE,
+    DIGEST,
+    HEADER,
+    ROWS_PER_SLICE,
+)
 from data_exhaust.lake import Lake
 
 COPY_TARGET = 1.3
@@ -93,21 +100,18 @@ def engine_sql(lake: Path, conversation: str, first: date, last: date) -> str:
 def count_seconds(lake: Path, conversation: str, first: date, last: date, runs: int) -> list[float]:
     """The export's own first query, alone: ``count_slices`` over the same lake with the
     worker's DuckDB settings (one database, Parquet footers cached), after one warm-up."""
-    from data_exhaust.datasets.uci_response import _WHERE, ROWS_PER_SLICE
-
     low, high = bounds_ms(first, last)
     params = {"channel": CHANNEL, "conversation_id": conversation, "from_ms": low, "to_ms": high}
-    times = []
+    the_lake = Lake(lake)  # a worker's lake is built once, not per job
     with duckdb.connect() as database:
         database.execute("SET parquet_metadata_cache = true")
         with database.cursor() as con:
-            count_slices(con, Lake(lake), _WHERE, params, ROWS_PER_SLICE)
-            for _ in range(runs):
-                seconds, _ = timed(
-                    lambda: count_slices(con, Lake(lake), _WHERE, params, ROWS_PER_SLICE)
-                )
-                times.append(seconds)
-    return times
+
+            def count() -> list[Any]:
+                return count_slices(con, the_lake, _WHERE, params, ROWS_PER_SLICE)
+
+            count()
+            return [timed(count)[0] for _ in range(runs)]
 
 
 def run_copy(sql: str) -> tuple[float, int]:

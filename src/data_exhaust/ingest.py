@@ -247,6 +247,10 @@ def _worker_ingest(chunk: Chunk, source: str) -> tuple[int, int]:
     return _ingest_blob(_worker_lake, chunk.read(source), chunk.first_line, source)
 
 
+class FileChanged(Exception):
+    """The file being ingested got shorter while worker processes were reading it."""
+
+
 #: The bytes of a file a chunk takes at least, up to the end of the line they end in: ~5,000
 #: of the suite's 1.4 KB events.
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -273,7 +277,11 @@ class Chunk:
             handle.seek(self.start)
             blob = handle.read(self.size)
         if len(blob) != self.size:
-            raise RuntimeError(f"{path} changed while it was ingested: ingest a finished file")
+            raise FileChanged(
+                f"{path} got shorter while it was ingested; the lines before byte "
+                f"{self.start:,} are stored. Ingest a finished file (events stored twice are "
+                "exported once)"
+            )
         return blob
 
 

@@ -179,7 +179,7 @@ def ingest(
     """Bulk-load telemetry events from a JSON-lines file (one event, or one batch, a line)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from data_exhaust.ingest import ingest_file
+    from data_exhaust.ingest import FileChanged, ingest_file
     from data_exhaust.lake import Lake
     from data_exhaust.settings import Settings
 
@@ -195,13 +195,17 @@ def ingest(
         TimeRemainingColumn(),
         TextColumn("{task.fields[events]} events"),
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("ingest", total=path.stat().st_size, events=0)
-        result = ingest_file(
-            path,
-            lake,
-            on_progress=lambda done, events: progress.update(task, completed=done, events=events),
-        )
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("ingest", total=path.stat().st_size, events=0)
+            result = ingest_file(
+                path,
+                lake,
+                on_progress=lambda done, n: progress.update(task, completed=done, events=n),
+            )
+    except FileChanged as exc:
+        console.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     console.print(
         f"accepted {result.accepted}, rejected {result.rejected} (quarantined with "
         "their line numbers)"
