@@ -21,7 +21,7 @@ import httpx
 from bench.common import Config, Row, median
 from bench.data import CHANNEL
 from bench.loadgen import request_bytes, run_load
-from bench.server import EXHAUST, Server, server, submit_export
+from bench.server import Server, server, submit_export
 
 CLIENTS = 64
 #: Runs last RUN_S seconds each (REQUESTS only bounds them), after one WARMUP_S run that is
@@ -128,7 +128,7 @@ def backend(
         env["EXHAUST_DATABASE_URL"] = database_url
     with server(config.work / f"api-{name}" / "var", **env) as srv:
         key = srv.create_key(CHANNEL, "exhaust")
-        base = srv.start([EXHAUST, "serve", "--port", "{port}", "--processes", str(processes)])
+        base = srv.serve_processes(processes)
         return {op: measure(base, make, config.runs) for op, make in makers(base, key).items()}
 
 
@@ -138,7 +138,7 @@ def bare_processes(config: Config, processes: int) -> dict[str, Any]:
     bare.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         argv = [sys.executable, "-m", "bench.bare_app", "{port}", str(processes)]
-        base = bare.start(argv, "/constant")
+        base = bare.start(argv, "/constant", processes)
         make = request_bytes("GET", f"{base}/constant", {})[2]
         return measure(base, lambda n: make, config.runs)
     finally:

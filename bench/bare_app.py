@@ -10,7 +10,8 @@
   They show what FastAPI's parameter and dependency handling, and the thread hop, cost.
 
 ``python -m bench.bare_app PORT [PROCESSES]``: with PROCESSES > 1, that many processes on the
-port behind uvicorn's supervisor, as ``exhaust serve --processes`` runs.
+port, each with a socket of its own, as ``exhaust serve --processes`` runs them
+(:func:`data_exhaust.serving.serve_processes`).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ if __name__ == "__main__":
     import uvicorn
 
     port, workers = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    if workers > 1:  # as `exhaust serve --processes N` runs: uvicorn's supervisor
-        uvicorn.run("bench.bare_app:app", host="127.0.0.1", port=port, log_level="warning",
-                    workers=workers)  # fmt: skip
+    if workers > 1:  # as `exhaust serve --processes N` runs them
+        from data_exhaust.serving import serve_processes
+
+        serve_processes(workers, "127.0.0.1", port, "bench.bare_app:app", factory=False)
     else:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,9 @@ from bench.ingest_ceiling import (
     http_ceilings,
     medians,
     python_ceilings,
-    with_cpu,
+    warmed_runs,
 )
-from bench.server import EXHAUST, Server, server
+from bench.server import Server, server
 from data_exhaust.lake import Lake
 
 API_TARGET = 50_000  # events/s with batches of 1,000
@@ -156,10 +157,10 @@ def api_cases(config: Config, ds: Dataset) -> tuple[dict[str, Any], dict[str, An
         key = srv.create_key(CHANNEL, "ingest")
         srv.serve()
         for size in SIZES:
-            runs = [
-                with_cpu(load, srv.pid, srv.base, key, bodies(lines, size, REPEAT), THREADS)
-                for _ in range(config.runs)
-            ]
+            runs = warmed_runs(
+                load, srv.pid, srv.base, key, partial(bodies, lines, size, REPEAT), THREADS,
+                config.runs,
+            )  # fmt: skip
             cases[str(size)] = {"runs": runs, **medians(runs)}
         cases.update(processes_case(config, srv, key, lines))
         lake = srv.data_dir / "lake"
@@ -174,11 +175,10 @@ def processes_case(config: Config, srv: Server, key: str, lines: list[bytes]) ->
     """Batches of 1,000 to ``exhaust serve --processes 2`` on the same data dir (the
     single-process server is stopped first: the two processes get both cores)."""
     srv.stop_all()
-    base = srv.start([EXHAUST, "serve", "--port", "{port}", "--processes", str(PROCESSES)])
-    runs = [
-        with_cpu(load, srv.pid, base, key, bodies(lines, 1000, REPEAT), THREADS)
-        for _ in range(config.runs)
-    ]
+    base = srv.serve_processes(PROCESSES)
+    runs = warmed_runs(
+        load, srv.pid, base, key, lambda: bodies(lines, 1000, REPEAT), THREADS, config.runs
+    )
     return {f"1000x{PROCESSES}": {"runs": runs, **medians(runs)}}
 
 

@@ -70,8 +70,10 @@ class Server:
         result = self.run("keys", "create", "--channel", channel, "--scope", scopes)
         return result.stdout.strip().splitlines()[-1]
 
-    def start(self, argv: list[str], ready_path: str = "/health") -> str:
-        """Start ``argv`` (which must listen on ``{port}``) and wait until it answers."""
+    def start(self, argv: list[str], ready_path: str = "/health", processes: int = 1) -> str:
+        """Start ``argv`` (which must listen on ``{port}``) and wait until it answers, and
+        until each of its ``processes`` listens (each has a socket of its own: without that
+        wait, a run began while one process of two was still starting and measured one)."""
         port = free_port()
         log_path = self.data_dir.parent / f"server-{len(self.processes)}.log"
         with log_path.open("wb") as log:
@@ -86,11 +88,18 @@ class Server:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited; see {log_path}")
             try:
-                if httpx.get(self.base + ready_path, timeout=2).status_code == 200:
+                answered = httpx.get(self.base + ready_path, timeout=2).status_code == 200
+                if answered and listening(port) >= processes:
                     return self.base
+                time.sleep(0.1)
             except httpx.TransportError:
                 time.sleep(0.1)
         raise RuntimeError(f"server did not start in 60 s; see {log_path}")
+
+    def serve_processes(self, processes: int) -> str:
+        """``exhaust serve --processes N``, once every process listens."""
+        argv = [EXHAUST, "serve", "--port", "{port}", "--processes", str(processes)]
+        return self.start(argv, processes=processes)
 
     def serve(self) -> str:
         return self.start([EXHAUST, "serve", "--port", "{port}"])
@@ -105,6 +114,16 @@ class Server:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def listening(port: int) -> int:
+    """How many sockets listen on local ``port`` (/proc/net/tcp, state 0A)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            count += fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+    return count
 
 
 @contextmanager

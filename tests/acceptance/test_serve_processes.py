@@ -8,12 +8,15 @@ import io
 import json
 import os
 import signal
+import socket
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.acceptance.conftest import Deployment, wait_until
+from tests.acceptance.conftest import EXHAUST, Deployment, free_port, wait_until
 from tests.factories import assess_event
 
 CHANNEL = "state-a"
@@ -40,6 +43,32 @@ def segment_writers(lake: Path) -> set[int]:
     names = [p.name for p in (lake / "raw").glob("[!.]*.jsonl")]
     names += [p.name for p in (lake / "compacted").glob("[!.]*")]
     return {int(name.split("-")[1]) for name in names}
+
+
+LISTEN, ESTABLISHED = "0A", "01"  # the states of /proc/net/tcp
+
+
+def sockets_on(port: int, state: str) -> set[str]:
+    """The inodes of the sockets on local ``port`` (IPv4 or IPv6) in ``state``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def held_by(pid: int, inodes: set[str]) -> int:
+    """How many of the sockets ``inodes`` process ``pid`` has open."""
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        held += target.startswith("socket:[") and target[8:-1] in inodes
+    return held
 
 
 def alive(pid: int) -> bool:
@@ -118,3 +147,52 @@ def test_a_dead_process_is_replaced_and_a_stop_ends_them_all(deployment: Deploym
     deployment.stop_all()  # SIGTERM to the parent, as a service manager sends it
     assert deployment.processes[-1].returncode is not None
     wait_until(lambda: not any(alive(pid) for pid in children))
+
+
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
+def test_connections_opened_together_are_spread_over_the_processes(
+    deployment: Deployment,
+) -> None:
+    """Each process listens on a socket of its own (SO_REUSEPORT), so a burst of keep-alive
+    connections (a proxy's pool) does not all go to the process that wakes first, which left
+    the other idle while they lasted (the shared socket of uvicorn's workers did that)."""
+    base = deployment.serve("--processes", "2")
+    parent = deployment.processes[-1].pid
+    port = int(base.rsplit(":", 1)[1])
+    wait_until(lambda: len(sockets_on(port, LISTEN)) == 2 and len(server_processes(parent)) == 2)
+    children = server_processes(parent)
+    opened = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(16)]
+    try:
+        for sock in opened:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        for sock in opened:
+            assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        established = sockets_on(port, ESTABLISHED)
+        counts = {pid: held_by(pid, established) for pid in children}
+    finally:
+        for sock in opened:
+            sock.close()
+    assert sum(counts.values()) == 16
+    # By the kernel's hash of the addresses: all 16 on one of two sockets is a 1 in 32,768 case
+    assert all(counts.values()), counts
+
+
+@SQLITE_ONLY
+def test_a_port_in_use_is_refused_with_a_clear_error(deployment: Deployment) -> None:
+    """Another server's SO_REUSEPORT socket would let the processes join it silently; a
+    taken port is refused instead, saying what to do."""
+    port = free_port()
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run(
+            [EXHAUST, "serve", "--port", str(port), "--processes", "2"],
+            env=deployment.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in done.stderr
+    assert "--port" in done.stderr

@@ -39,8 +39,9 @@ def serve(
         min=1,
         max=64,
         help="Server processes sharing the port (up to one per core). Each runs the API, its "
-        "own EXHAUST_WORKERS embedded workers and the lake's maintenance; a supervisor "
-        "restarts one that dies.",
+        "own EXHAUST_WORKERS embedded workers and the lake's maintenance, and listens on a "
+        "socket of its own (SO_REUSEPORT), so new connections are spread over them; a "
+        "supervisor restarts one that dies.",
     ),
     first_run: bool = typer.Option(
         False,
@@ -57,18 +58,26 @@ def serve(
     if first_run:
         _first_run(svc, host, port)
     if processes > 1:  # each process builds its own services from EXHAUST_* (no shared state)
-        from data_exhaust.logs import configured_level
-
         svc.close()
-        os.environ["EXHAUST_LOG_LEVEL"] = configured_level()  # `--log-level` reaches them too
-        uvicorn.run(
-            "data_exhaust.api.app:app_from_settings", factory=True, workers=processes,
-            host=host, port=port, log_level="warning",
-        )  # fmt: skip
+        _serve_processes(processes, host, port)
         return
     app = create_app(svc)
     freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _serve_processes(processes: int, host: str, port: int) -> None:
+    from data_exhaust.logs import configured_level
+    from data_exhaust.serving import AddressInUse, serve_processes
+
+    os.environ["EXHAUST_LOG_LEVEL"] = configured_level()  # `--log-level` reaches them too
+    try:
+        serve_processes(processes, host, port)
+    except AddressInUse as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # the supervisor has stopped its processes
+        pass
 
 
 def _first_run(svc: Services, host: str, port: int) -> None:
