@@ -26,6 +26,7 @@ from data_exhaust.datasets.uci_response import (
     DIGEST,
     HEADER,
     ROWS_PER_SLICE,
+    SORTED,
 )
 from data_exhaust.lake import Lake
 
@@ -92,9 +93,8 @@ def engine_sql(lake: Path, conversation: str, first: date, last: date) -> str:
         .replace("$to_ms", str(high))
     )
     events = Lake(lake).events_sql(first, last, where, dedup=False)
-    return _SELECT.format(response=_RESPONSE, events=events, digest=DIGEST).replace(
-        "$conversation_name::VARCHAR", "NULL::VARCHAR"
-    )
+    sql = _SELECT.format(response=_RESPONSE, events=events, digest=DIGEST, **SORTED)
+    return sql.replace("$conversation_name::VARCHAR", "NULL::VARCHAR")
 
 
 def count_seconds(lake: Path, conversation: str, first: date, last: date, runs: int) -> list[float]:
@@ -252,12 +252,15 @@ def measured(m: dict[str, Any]) -> str:
 
 def floor_rows(floor: dict[str, Any], small: dict[str, Any]) -> list[Row]:
     """The best any export of the small request could do through this engine: the floor
-    plus DuckDB's own COPY of its rows (a query no faster than COPY), against COPY; and with
-    the count every export makes first (bench/README.md, *Why*), the bound of item 1's
-    target for this request on this machine."""
+    plus DuckDB's own COPY of its rows (a query no faster than COPY), against COPY, which is
+    the bound of item 1's target for this request on this machine; plus the count an export
+    of more than a slice's rows makes first (bench/README.md, *Why*), which the small
+    request, read whole, no longer makes (*Eleventh sitting*)."""
     api, copy, count = floor["api_median_s"], small["copy_median_s"], small["count_median_s"]
-    bound = (api + count + copy) / copy
-    verdict = "out of reach while an export counts" if bound > COPY_TARGET else "within reach"
+    counts = small["rows"] > ROWS_PER_SLICE
+    bound = (api + (count if counts else 0) + copy) / copy
+    verdict = "within reach" if bound <= COPY_TARGET else "out of reach on this machine"
+    parts = f"floor {fmt_s(api)} + {'' if counts else 'no '}count ({fmt_s(count)}) + COPY"
     return [
         Row(
             "1", "export floor: the job engine alone", "one-row dataset plugin, no query",
@@ -265,9 +268,8 @@ def floor_rows(floor: dict[str, Any], small: dict[str, Any]) -> list[Row]:
             f"floor + COPY = {(api + copy) / copy:.2f}× COPY",
         ),
         Row(
-            "1", "export bound: floor + the count + COPY", f"{small['rows']:,} rows",
-            f"floor {fmt_s(api)} + count {fmt_s(count)} + COPY {fmt_s(copy)}",
-            f"COPY {fmt_s(copy)}", f"{bound:.2f}× COPY",
+            "1", "export bound: floor + count if over a slice + COPY", f"{small['rows']:,} rows",
+            f"{parts} {fmt_s(copy)}", f"COPY {fmt_s(copy)}", f"{bound:.2f}× COPY",
             f"≤ {COPY_TARGET}× COPY: {verdict}",
         ),
     ]  # fmt: skip

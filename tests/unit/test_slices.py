@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from data_exhaust.datasets.slices import HOUR_MS, Slice, cut, read_slices
+from data_exhaust.datasets.slices import HOUR_MS, Slice, cut, read_at_most, read_slices
 from data_exhaust.query_db import QueryDatabase
 
 FROM_MS = 1_700_000_000_000 + 1_234  # not on an hour: the first slice starts mid-hour
@@ -91,6 +91,26 @@ def test_leaving_read_slices_early_stops_its_queries() -> None:
     made = len(opened)
     assert made <= 1 + 3  # stopped and joined: nothing runs after the with
     assert len(opened) == made
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2_500, 10_000])
+def test_rows_that_fit_are_read_whole(rows: int) -> None:
+    with duckdb.connect() as con:
+        sql = "SELECT i, i * 2 AS twice FROM range($n) AS t(i)"
+        table = read_at_most(con, sql, {"n": rows}, 10_000, 1_000)
+    assert table is not None
+    assert table.column_names == ["i", "twice"]
+    assert sorted(table.column("i").to_pylist()) == list(range(rows))
+
+
+def test_a_read_of_more_rows_than_fit_is_given_up_early() -> None:
+    """Given up once past the limit, not read to the end: a range of 10^12 rows would take
+    hours, and the next query on the connection runs at once."""
+    with duckdb.connect() as con:
+        sql = "SELECT i FROM range($n) AS t(i)"
+        assert read_at_most(con, sql, {"n": 10**12}, 10_000, 1_000) is None
+        assert read_at_most(con, sql, {"n": 10_001}, 10_000, 1_000) is None
+        assert con.execute("SELECT 42").fetchall() == [(42,)]
 
 
 def test_jobs_share_one_database_but_not_their_temp_tables(tmp_path: Path) -> None:

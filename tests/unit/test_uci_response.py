@@ -434,8 +434,8 @@ def test_date_range_is_inclusive_local_calendar_days(
     _, out_rows, _ = _run_csv(_context(settings, con, lake))
     assert [r["Message ID"] for r in out_rows] == ["first", "evening-utc", "last"]
     assert out_rows[1]["Timestamp"] == "2022-06-21T20:00:00.000Z"
-    # the count per hour, then the one slice: both read only these partitions
-    assert lake.asked == [(date(2022, 6, 21), date(2022, 6, 22))] * 2
+    # one read of these rows, whole (no count: they fit in a slice), of these partitions
+    assert lake.asked == [(date(2022, 6, 21), date(2022, 6, 22))]
 
 
 def test_multi_day_range(
@@ -446,7 +446,7 @@ def test_multi_day_range(
     ctx = _context(settings, con, lake, startDate="2022-06-10", endDate="2022-06-12")
     _, out_rows, _ = _run_csv(ctx)
     assert [r["Message ID"] for r in out_rows] == ["d10", "d11", "d12"]
-    assert lake.asked == [(date(2022, 6, 9), date(2022, 6, 12))] * 2
+    assert lake.asked == [(date(2022, 6, 9), date(2022, 6, 12))]
 
 
 def test_rows_are_ordered_by_ets_then_mid(
@@ -530,8 +530,8 @@ def test_a_sliced_export_writes_the_same_file_and_reports_a_total(
     out, sliced, sliced_bytes = _run_csv(ctx, _SmallSlices())
     assert sliced_bytes == whole_bytes
     assert [r["Message ID"] for r in sliced] == [f"m{i:02d}" for i in range(20)]
-    assert len(lakes[0].asked) == 2  # the count, then one slice
-    assert len(lakes[1].asked) == 1 + 10  # the count, then one slice per hour
+    assert len(lakes[0].asked) == 1  # read whole: 23 rows fit in a slice, no count
+    assert len(lakes[1].asked) == 1 + 1 + 10  # the read given up, the count, a slice an hour
     assert ctx.totals[0] == 23  # counted before duplicates are dropped...
     assert (ctx.checkpoints[-1], ctx.totals[-1], out.rows) == (20, 20, 20)  # ...then corrected
 

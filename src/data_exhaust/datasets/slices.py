@@ -15,6 +15,13 @@ job its ``rowsTotal``, so an export reports a percentage. Rows ingested between 
 the slice that covers them are exported too; the total is then an estimate, corrected to the
 rows written when the export ends.
 
+Most exports fit in one slice, and for them the count is a fifth of the work (9 of 40 ms for
+the 3,111 rows of bench/README.md's small export). So an export first reads its rows unsorted,
+which DuckDB streams without holding them (:func:`read_at_most`): when no more than a slice's
+rows come, they are sorted in Arrow (1.4 ms for those rows) and there is no count; past that
+the read is given up (~15 ms for the first 10,000 rows of a 100 k-row request) and the export
+counts and slices as above.
+
 The caller's ``where`` must bound the event time with the parameters ``$from_ms`` (inclusive)
 and ``$to_ms`` (exclusive); each slice's query gets its own bounds there.
 """
@@ -62,6 +69,24 @@ def count_slices(
         params,
     ).fetchall()
     return cut(hours, from_ms, to_ms, max_rows)
+
+
+def read_at_most(
+    connection: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], max_rows: int,
+    batch_rows: int,
+) -> pa.Table | None:  # fmt: skip
+    """Every row of ``sql`` as one table, or None as soon as more than ``max_rows`` came (the
+    query is then abandoned, holding at most ``max_rows + batch_rows`` rows). ``sql`` must not
+    sort: an ``ORDER BY`` holds every row before the first comes out."""
+    reader = connection.sql(sql, params=params).to_arrow_reader(batch_rows)
+    with closing(reader):
+        batches, rows = [], 0
+        for batch in reader:
+            rows += batch.num_rows
+            if rows > max_rows:
+                return None
+            batches.append(batch)
+        return pa.Table.from_batches(batches, reader.schema)
 
 
 def cut(hours: list[tuple[int, int]], from_ms: int, to_ms: int, max_rows: int) -> list[Slice]:

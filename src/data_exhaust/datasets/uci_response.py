@@ -24,11 +24,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import duckdb
 import pyarrow as pa
 
 from data_exhaust.datasets.base import Dataset, NoDataFound, RunContext, SubmitContext
 from data_exhaust.datasets.dedup import drop_adjacent_duplicates
-from data_exhaust.datasets.slices import Slice, count_slices, read_slices, slice_events
+from data_exhaust.datasets.slices import (
+    Slice,
+    count_slices,
+    read_at_most,
+    read_slices,
+    slice_events,
+)
 from data_exhaust.datasets.uci_common import (
     MAX_RANGE_DAYS,
     config_bounds_ms,
@@ -94,11 +101,17 @@ SELECT
     xpath AS "X Path",
     eof AS "Eof",
     strftime(make_timestamp(ets * 1000), '%Y-%m-%dT%H:%M:%S.%gZ') AS "Timestamp",
-    event_key AS "{digest}"
+    event_key AS "{digest}"{extra}
 FROM {events} AS e
-ORDER BY ets, mid, event_key
+{order}
 """
 DIGEST = "__event_key"  # carried for the streaming dedup, then dropped (lake.EVENT_KEY_SQL)
+ETS = "__ets"  # carried to sort an export read whole (slices.read_at_most), then dropped
+#: ``_SELECT``'s ``extra`` and ``order`` for a slice sorted by DuckDB, and for rows read whole
+#: and sorted in Arrow, in the same order.
+SORTED = {"extra": "", "order": "ORDER BY ets, mid, event_key"}
+UNSORTED = {"extra": f', ets AS "{ETS}"', "order": ""}
+ARROW_ORDER = [(ETS, "ascending"), ("Message ID", "ascending"), (DIGEST, "ascending")]
 _WHERE = (
     "eid = 'ASSESS' AND channel = $channel AND conversation_id = $conversation_id"
     " AND ets >= $from_ms AND ets < $to_ms"
@@ -141,32 +154,58 @@ class UciResponseExhaust(Dataset):
     # -- run ----------------------------------------------------------------------------------
 
     def run(self, ctx: RunContext) -> list[OutputFile]:
-        """Stream the rows, slice by slice (:mod:`~data_exhaust.datasets.slices`), into one
-        file; :class:`NoDataFound` when there are none."""
+        """Stream the rows into one file: read whole and sorted in Arrow when they fit in a
+        slice, else slice by slice (:mod:`~data_exhaust.datasets.slices`); :class:`NoDataFound`
+        when there are none."""
         conversation_id = ctx.job.config["conversationId"]
         ctx.checkpoint(0)
         connection = ctx.duckdb()
         bounds = self.bounds(ctx, conversation_id)
+        select, params = self.select(ctx, conversation_id)
+        stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
+        whole = Slice(bounds["from_ms"], bounds["to_ms"], 0)
+        sql = select.format(events=slice_events(ctx.lake, _WHERE, whole), **UNSORTED)
+        table = read_at_most(
+            connection, sql, {**bounds, **params}, self.rows_per_slice, ROWS_PER_BATCH
+        )
+        if table is None:  # more than a slice: counted, then read slice by slice
+            return [self.run_sliced(ctx, connection, (select, params), bounds, stem)]
+        if not table.num_rows:
+            raise NoDataFound()
+        ctx.checkpoint(0, table.num_rows)
+        rows = table.sort_by(ARROW_ORDER).drop_columns([ETS]).to_reader(ROWS_PER_BATCH)
+        return [self.write(ctx, stem, rows, table.num_rows)]
+
+    def run_sliced(
+        self, ctx: RunContext, connection: duckdb.DuckDBPyConnection,
+        query: tuple[str, dict[str, Any]], bounds: dict[str, Any], stem: str,
+    ) -> OutputFile:  # fmt: skip
+        """Count the rows per hour, then query them a slice at a time, each sorted by DuckDB
+        while the CSV of the one before is written (``query``: :meth:`select`'s)."""
+        select, params = query
         slices = count_slices(connection, ctx.lake, _WHERE, bounds, self.rows_per_slice)
         if not slices:
             raise NoDataFound()
         total = sum(part.rows for part in slices)
         ctx.checkpoint(0, total)
-        select, params = self.select(ctx, conversation_id)
 
         def reader(part: Slice) -> pa.RecordBatchReader:
-            sql = select.format(events=slice_events(ctx.lake, _WHERE, part))
+            sql = select.format(events=slice_events(ctx.lake, _WHERE, part), **SORTED)
             times = {"from_ms": part.from_ms, "to_ms": part.to_ms}
             return connection.sql(sql, params={**bounds, **params, **times}).to_arrow_reader(
                 ROWS_PER_BATCH
             )
 
-        stem = f"{conversation_id}_response_{ctx.today:%Y%m%d}"
         with read_slices(slices, reader) as sliced:  # queried ahead while CSV is written
-            rows = drop_adjacent_duplicates(sliced, "Message ID", DIGEST)
-            written = ctx.write(stem, HEADER, non_empty(rows), total)
-        ctx.checkpoint(written.rows, written.rows)  # the count included dropped duplicates
-        return [written]
+            return self.write(ctx, stem, sliced, total)
+
+    @staticmethod
+    def write(ctx: RunContext, stem: str, rows: pa.RecordBatchReader, total: int) -> OutputFile:
+        """The file of ``rows`` (sorted) without retried duplicates."""
+        kept = drop_adjacent_duplicates(rows, "Message ID", DIGEST)
+        written = ctx.write(stem, HEADER, non_empty(kept), total)
+        ctx.checkpoint(written.rows, written.rows)  # the total included dropped duplicates
+        return written
 
     def bounds(self, ctx: RunContext, conversation_id: str) -> dict[str, Any]:
         """The parameters of :data:`_WHERE`: the job's channel, conversation and time range."""
@@ -189,4 +228,5 @@ class UciResponseExhaust(Dataset):
         if blocked:
             params["blocked_devices"] = blocked
         response = _RESPONSE_UNLESS_BLOCKED if blocked else _RESPONSE
-        return _SELECT.format(response=response, events="{events}", digest=DIGEST), params
+        keep = {"events": "{events}", "extra": "{extra}", "order": "{order}"}
+        return _SELECT.format(response=response, digest=DIGEST, **keep), params
