@@ -119,8 +119,10 @@ class Server:
 def listening(port: int) -> int:
     """How many sockets listen on local ``port`` (/proc/net/tcp, state 0A)."""
     count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():  # no IPv6 in this kernel
+            continue
+        for line in table.read_text().splitlines()[1:]:
             fields = line.split()
             count += fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
     return count

@@ -51,8 +51,10 @@ LISTEN, ESTABLISHED = "0A", "01"  # the states of /proc/net/tcp
 def sockets_on(port: int, state: str) -> set[str]:
     """The inodes of the sockets on local ``port`` (IPv4 or IPv6) in ``state``."""
     found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():  # no IPv6 in this kernel
+            continue
+        for line in table.read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 found.add(fields[9])
