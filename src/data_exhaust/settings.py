@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     api_threads: int = Field(
         4, ge=1, le=512, description="Threads the API runs blocking work in (database reads)."
     )
+    ingest_batches: int = Field(
+        2, ge=1, le=64, description="Telemetry batches one server process stores at once."
+    )
     run_schedule: str = Field("on-demand", description="'on-demand' or a cron expression.")
     url_ttl_seconds: int = Field(1800, ge=1, description="Lifetime of a signed download URL.")
     key_cache_seconds: float = Field(

@@ -4,7 +4,9 @@ auth and tenancy, the request lifecycle routes and the report routes."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from data_exhaust.api.app import create_app
 from data_exhaust.executor import InlineExecutor
+from data_exhaust.ingest import Ingestor, IngestResult
 from data_exhaust.services import Services
 
 CONFIG = {"rows": 3}
@@ -378,6 +381,51 @@ def test_telemetry_ingest_route(client: TestClient, services: Services) -> None:
     ).json()
     assert again["result"]["accepted"] == 1  # acknowledged again, stored once
     assert services.lake.stats()["quarantined"] == 2
+
+
+class PairedIngestor(Ingestor):
+    """An ingest that waits, inside, for a second batch to be inside too: it counts how many
+    are stored at once, and can only finish where two may be (a limit of 1 breaks the
+    barrier instead of hanging)."""
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(services.lake, services.engine)
+        self.pairs = threading.Barrier(2, timeout=30)
+        self.lock = threading.Lock()
+        self.inside = self.most = 0
+
+    def ingest(self, *args: Any, **kwargs: Any) -> IngestResult:
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            self.pairs.wait()
+            return super().ingest(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def test_a_process_stores_at_most_ingest_batches_at_once(
+    client: TestClient, services: Services
+) -> None:
+    """Six batches sent together are stored two at a time (EXHAUST_INGEST_BATCHES, default
+    2); the others wait their turn, and all are stored."""
+    from tests.factories import CHANNEL, assess_event
+
+    assert services.settings.ingest_batches == 2
+    ingestor = services.ingestor = PairedIngestor(services)
+    auth = {"Authorization": f"Bearer {services.keys.create('bot', [CHANNEL], ['ingest'])[1]}"}
+
+    def send(n: int) -> int:
+        event = assess_event(mid=f"paired-{n}")
+        answer = client.post("/v1/telemetry", json=telemetry_batch(event, msgid=f"p-{n}"),
+                             headers=auth)  # fmt: skip
+        return int(answer.json()["result"]["accepted"])
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(send, range(6))) == [1] * 6
+    assert ingestor.most == 2
 
 
 def test_telemetry_route_refuses_bad_requests(
