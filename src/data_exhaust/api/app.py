@@ -87,7 +87,6 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_threads(services.settings.api_threads)
-        app.state.ingest_limiter = anyio.CapacityLimiter(services.settings.ingest_batches)
         await services.jobs.open_loop_reads()  # read and list without a thread hop
         if run_executor and services.executor is None:
             services.executor = services.make_executor()

@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
+import anyio
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -128,4 +129,14 @@ async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
             request.state.msgid = params["msgid"]  # echoed by error envelopes too
         return _answer(body, services.ingestor.ingest(body, channels, consume=True))
 
-    return await anyio.to_thread.run_sync(store, limiter=request.app.state.ingest_limiter)
+    return await anyio.to_thread.run_sync(store, limiter=ingest_limiter(request))
+
+
+def ingest_limiter(request: Request) -> anyio.CapacityLimiter:
+    """The process's turn for batches: one limiter per app, made by its first batch (in the
+    event loop's thread, so two first batches cannot both make one)."""
+    state = request.app.state
+    if getattr(state, "ingest_limiter", None) is None:
+        state.ingest_limiter = anyio.CapacityLimiter(services_of(request).settings.ingest_batches)
+    limiter: anyio.CapacityLimiter = state.ingest_limiter
+    return limiter
