@@ -177,7 +177,7 @@ def processes_case(config: Config, srv: Server, key: str, lines: list[bytes]) ->
     srv.stop_all()
     base = srv.serve_processes(PROCESSES)
     runs = warmed_runs(
-        load, srv.pid, base, key, lambda: bodies(lines, 1000, REPEAT), THREADS, config.runs
+        load, srv.pid, base, key, partial(bodies, lines, 1000, REPEAT), THREADS, config.runs
     )
     return {f"1000x{PROCESSES}": {"runs": runs, **medians(runs)}}
 
