@@ -25,6 +25,7 @@ check it). Reads are opened in the loop that uses them (the app's lifespan,
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 JOBS = JobRequest.__table__
+#: Numbers the SQLite loop connections of this process, so that a version of one never
+#: equals a version of another (``data_version`` counts per connection).
+_CONNECTIONS = itertools.count()
 
 
 def by_id(columns: Select[Any]) -> Select[Any]:
@@ -131,6 +135,11 @@ class LoopReads(ABC):
     async def fetch(self, statement: _Statement, values: dict[str, Any]) -> list[Job]:
         """The jobs of ``statement``; raises :class:`ReadInThread` when it cannot answer."""
 
+    def version(self) -> tuple[int, int] | None:
+        """A value that stays the same exactly while no job changes, read in microseconds;
+        None where the database cannot tell that cheaply (then polls reuse nothing)."""
+        return None
+
     @abstractmethod
     async def close(self) -> None: ...
 
@@ -144,6 +153,18 @@ class SqliteLoopReads(LoopReads):
         self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         self.connection.execute("PRAGMA busy_timeout = 0")
         self.connection.execute("PRAGMA query_only = ON")
+        self.number = next(_CONNECTIONS)
+
+    def version(self) -> tuple[int, int] | None:
+        """This connection's number and SQLite's ``data_version``, which changes whenever
+        another connection (of this process or any other) commits to the database: this one
+        only reads. ``PRAGMA data_version`` opens a read transaction, so it sees every commit
+        made before it was asked. None if the database is locked (no WAL)."""
+        try:
+            row = self.connection.execute("PRAGMA data_version").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return self.number, int(row[0])
 
     async def fetch(self, statement: _Statement, values: dict[str, Any]) -> list[Job]:
         try:

@@ -7,7 +7,7 @@ and workers call it; it calls a :class:`~data_exhaust.store.JobStore`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,6 +107,12 @@ class JobManager:
     async def list_tag_async(self, tag: str, limit: int) -> list[Job]:
         """:meth:`list_tag` from an event loop (the API's list route)."""
         return await self.store.tag_page_async(tag, limit)
+
+    def poll_version(self) -> Hashable | None:
+        """From the event loop: equal to an earlier value only if no job changed in between
+        (what the polled routes check before reusing what they answered; None: reuse nothing).
+        Read it before the jobs it goes with."""
+        return self.store.loop_version()
 
     async def open_loop_reads(self) -> None:
         """Let the running event loop read jobs without a thread hop (see job_reads.py)."""

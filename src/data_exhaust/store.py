@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -134,6 +134,12 @@ class JobStore(ABC):
         """A tag's newest ``limit`` jobs (:meth:`page` of ``tags=[tag]``) from an event loop."""
         return await anyio.to_thread.run_sync(self.page, JobFilter(tags=[tag]), limit)
 
+    def loop_version(self) -> Hashable | None:
+        """From the event loop: a value equal to an earlier one only if no job was written in
+        between (by anyone), so that what was read then may be used again; None where the
+        store cannot tell cheaply. Must be read *before* the jobs it is kept with."""
+        return None
+
 
 class SqlJobStore(JobStore):
     """The job table in SQLite or Postgres through SQLAlchemy."""
@@ -177,6 +183,12 @@ class SqlJobStore(JobStore):
             with contextlib.suppress(ReadInThread):
                 return await reads.tag_page(tag, limit)
         return await super().tag_page_async(tag, limit)
+
+    def loop_version(self) -> Hashable | None:
+        """SQLite's ``data_version`` on the loop's connection; None on Postgres (a query per
+        poll is what a version would save) and outside the loop that opened the reads."""
+        reads = self._reads_here()
+        return reads.version() if reads is not None else None
 
     def insert(self, job: Job) -> bool:
         try:

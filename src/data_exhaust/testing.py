@@ -12,8 +12,9 @@ import contextlib
 import copy
 import hashlib
 import io
+import itertools
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Hashable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ from data_exhaust.storage import (
 )
 from data_exhaust.store import JobFilter, JobStore
 
+_STORES = itertools.count()
+
 
 class MemoryJobStore(JobStore):
     """Jobs in a dict guarded by a lock: the same contract, for tests and experiments."""
@@ -37,12 +40,19 @@ class MemoryJobStore(JobStore):
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._number = next(_STORES)
+        self._writes = 0  # counts every change: the loop_version
+
+    def loop_version(self) -> Hashable | None:
+        with self._lock:
+            return self._number, self._writes
 
     def insert(self, job: Job) -> bool:
         with self._lock:
             if job.request_id in self._jobs:
                 return False
             self._jobs[job.request_id] = copy.deepcopy(job)
+            self._writes += 1
             return True
 
     def get(self, request_id: str) -> Job | None:
@@ -77,6 +87,7 @@ class MemoryJobStore(JobStore):
             if if_owner is not None and job.lease_owner != if_owner:
                 return None
             self._jobs[request_id] = replace(job, **copy.deepcopy(changes))
+            self._writes += 1
             return copy.deepcopy(self._jobs[request_id])
 
     def claim(
@@ -99,6 +110,7 @@ class MemoryJobStore(JobStore):
                 lease_until,
             )
             job.last_updated = now
+            self._writes += 1
             return copy.deepcopy(job)
 
     def expired_leases(self, now: datetime) -> list[Job]:
@@ -131,6 +143,7 @@ class MemoryJobStore(JobStore):
             ]
             for job in waiting:
                 job.run_after = now
+            self._writes += bool(waiting)
             return len(waiting)
 
     def _where(self, predicate: Any) -> list[Job]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -175,6 +175,41 @@ def test_reads_from_an_event_loop_equal_the_blocking_reads(store: JobStore) -> N
         assert await store.get_async("A") == store.get("A")  # closed: read in a thread
 
     asyncio.run(reads())
+
+
+def test_the_loop_version_changes_with_every_write_and_only_then(store: JobStore) -> None:
+    """``loop_version`` (what the polled routes check before reusing an answer): equal to an
+    earlier value only if nothing was written in between. Postgres has none (None)."""
+    store.insert(job("A"))
+
+    async def versions() -> None:
+        await store.open_loop_reads()
+        try:
+            before = store.loop_version()
+            if isinstance(store, SqlJobStore) and store.engine.dialect.name == "postgresql":
+                assert before is None
+                return
+            assert before is not None and store.loop_version() == before  # nothing written
+            await store.get_async("A")
+            await store.tag_page_async("t:c1", 5)
+            assert store.loop_version() == before  # reads are not writes
+            writes: list[Callable[[], object]] = [
+                lambda: store.insert(job("B", minutes=1)),
+                lambda: store.update("A", {"message": "changed"}),
+                lambda: store.claim("w1", T0 + timedelta(hours=1), T0 + timedelta(hours=2)),
+                lambda: store.update("B", {"run_after": T0 + timedelta(days=9)}),
+                lambda: store.release(None, T0 + timedelta(hours=1)),
+            ]
+            seen = [before]
+            for write in writes:
+                assert write()
+                seen.append(store.loop_version())
+                assert seen[-1] != seen[-2]
+            assert len(set(seen)) == len(seen)
+        finally:
+            await store.close_loop_reads()
+
+    asyncio.run(versions())
 
 
 def test_a_locked_sqlite_database_is_read_in_a_thread_while_the_loop_runs(

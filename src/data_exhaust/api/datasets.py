@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -20,6 +21,7 @@ from data_exhaust.api.deps import (
 )
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError, client_error
+from data_exhaust.api.polls import Formatter, PollCache, PolledJob, expiry_ms, polled
 from data_exhaust.api.render import dataset_job, signed_urls
 from data_exhaust.api.schemas import SearchBody, SubmitBody, body
 from data_exhaust.api.submission import DATASET_API, Names, build_submission, parse_body
@@ -83,15 +85,32 @@ def parse_limit(raw: str | None, default: int = 100) -> int:
     return limit
 
 
-async def handle_list(request: Request, renderer: Renderer) -> Response:
+async def handle_list(request: Request, formatter: Formatter) -> Response:
     """A tag's jobs in the caller's channel, newest first: shared by both list routes (read
-    from the event loop, without a thread hop: ``job_reads.py``)."""
+    from the event loop, without a thread hop: ``job_reads.py``; kept between polls while no
+    job changes: ``polls.py``)."""
     tenant, services = await EXHAUST_KEY(request), services_of(request)
     tag = stored_tag(request.path_params["tag"], tenant.channel)
     limit = parse_limit(request.query_params.get("limit"))
-    jobs = await services.jobs.list_tag_async(tag, limit)
-    rendered = [renderer(request, services, job) for job in jobs]
+
+    async def read() -> list[Job]:
+        return await services.jobs.list_tag_async(tag, limit)
+
+    jobs = await polled(poll_cache(request), services.jobs, ("list", tag, limit), formatter, read)
+    rendered = this_poll(request, services, jobs)
     return envelope(request, {"count": len(rendered), "jobs": rendered})
+
+
+def this_poll(request: Request, services: Services, jobs: Sequence[PolledJob]) -> list[Any]:
+    """The polled jobs' API objects, with the links and expiry of this poll."""
+    expires_at = expiry_ms(services.settings.url_ttl_seconds)
+    links = partial(urls_for, request, services)
+    return [job.render(links, expires_at) for job in jobs]
+
+
+def poll_cache(request: Request) -> PollCache:
+    cache: PollCache = request.app.state.polls
+    return cache
 
 
 async def handle_submit(
@@ -138,7 +157,7 @@ async def submit_request(
 )  # fmt: skip
 async def read_request(request: Request) -> Response:
     """A job of this channel by tag and requestId, with freshly signed download URLs."""
-    return await handle_read(request, query_request_id, render)
+    return await handle_read(request, query_request_id, dataset_job)
 
 
 def query_request_id(request: Request) -> str:
@@ -146,20 +165,27 @@ def query_request_id(request: Request) -> str:
 
 
 async def handle_read(
-    request: Request, request_id_of: Callable[[Request], str], renderer: Renderer
+    request: Request, request_id_of: Callable[[Request], str], formatter: Formatter
 ) -> Response:
     """One job of the caller's channel by its tag and request id (``request_id_of``, read
-    after the key is checked): shared by both read routes (from the event loop)."""
+    after the key is checked): shared by both read routes (from the event loop, kept between
+    polls as the list's pages are)."""
     tenant, services = await EXHAUST_KEY(request), services_of(request)
     request_id = request_id_of(request)
     tag = stored_tag(request.path_params["tag"], tenant.channel)
-    return envelope(request, renderer(request, services, await get_job(services, request_id, tag)))
+
+    async def read() -> list[Job]:
+        return [await get_job(services, request_id, tag)]
+
+    key = ("read", request_id, tag)
+    jobs = await polled(poll_cache(request), services.jobs, key, formatter, read)
+    return envelope(request, this_poll(request, services, jobs)[0])
 
 
 @polled_get(router, "/dataset/v1/request/list/{tag}", f"{API}.list", TAG, LIMIT)
 async def list_requests(request: Request) -> Response:
     """The jobs of a tag in this channel, newest first (limit 1–1000, default 100)."""
-    return await handle_list(request, render)
+    return await handle_list(request, dataset_job)
 
 
 @router.post(

@@ -15,6 +15,11 @@ def epoch_ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
 
 
+def has_links(job: Job) -> bool:
+    """Whether ``job`` is shown with download links: a SUCCESS whose files are still there."""
+    return job.status == Status.SUCCESS and not job.files_purged and bool(job.files)
+
+
 def signed_urls(
     job: Job, blobs: BlobStore, base_url: str | Callable[[], str], ttl: int, by: str = ""
 ) -> tuple[list[str], int]:
@@ -23,7 +28,7 @@ def signed_urls(
     request's base URL is a measurable part of a poll that gets none)."""
     expires_at = int(time.time()) + ttl
     urls: list[str] = []
-    if job.status == Status.SUCCESS and not job.files_purged and job.files:
+    if has_links(job):
         base = base_url() if callable(base_url) else base_url
         for file in job.files:
             url, expires_at = blobs.signed_url(file.key, base, ttl, by=by)

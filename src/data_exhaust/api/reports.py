@@ -49,10 +49,10 @@ async def submit_report(
 )  # fmt: skip
 async def read_report(request: Request) -> Response:
     """A report job by tag and request id."""
-    return await handle_read(request, lambda r: str(r.path_params["request_id"]), render)
+    return await handle_read(request, lambda r: str(r.path_params["request_id"]), report_job)
 
 
 @polled_get(router, "/job/request/list/{tag}", f"{API}.list", TAG, LIMIT)
 async def list_reports(request: Request) -> Response:
     """The report jobs of a tag, newest first."""
-    return await handle_list(request, render)
+    return await handle_list(request, report_job)
