@@ -30,7 +30,8 @@ from data_exhaust.manager import JobManager
 Formatter = Callable[[Job, list[str], int], dict[str, Any]]
 #: A job's fresh download links and their expiry (epoch ms), for the caller of this poll.
 Links = Callable[[Job], tuple[list[str], int]]
-#: Jobs kept at most, over every read and page: about 1.5 KB each.
+#: Jobs kept at most, over every read and page: ~2.3 KB each with their rendering (measured
+#: with tracemalloc: the job 1.25 KB, its rendering 1.07 KB), so at most ~12 MB.
 KEEP_JOBS = 5_000
 
 
