@@ -91,3 +91,20 @@ def test_each_caller_gets_links_signed_for_it_on_every_poll(
                 assert job["expiresAt"] == int(query["expires"][0]) * 1000
                 download = client.get(job["downloadUrls"][0])
                 assert download.status_code == 200 and download.text.count("\n") == 4
+
+
+def test_the_routes_in_an_app_of_ones_own_keep_their_answers_too(services: Services) -> None:
+    """An app that adds the dataset routes itself (not through ``create_app``) still polls."""
+    from fastapi import FastAPI
+
+    from data_exhaust.api import datasets
+
+    app = FastAPI()
+    app.state.services = services
+    app.router.routes.extend(datasets.router.routes)
+    key = services.keys.create("embedder", ["c1"], ["exhaust"])[1]
+    with TestClient(app) as client:
+        request_id = submit(client, key, 1)
+        for _ in range(2):
+            assert read(client, key, request_id)["status"] == "SUBMITTED"
+            assert set(listed(client, key)) == {request_id}

@@ -109,7 +109,12 @@ def this_poll(request: Request, services: Services, jobs: Sequence[PolledJob]) -
 
 
 def poll_cache(request: Request) -> PollCache:
-    cache: PollCache = request.app.state.polls
+    """The app's kept answers (``create_app`` makes them; an app built otherwise gets them at
+    its first poll, in the event loop's thread)."""
+    state = request.app.state
+    if getattr(state, "polls", None) is None:
+        state.polls = PollCache()
+    cache: PollCache = state.polls
     return cache
 
 
