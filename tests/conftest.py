@@ -37,6 +37,15 @@ def patiently(attempt: Callable[[], T | None], patience: float = SERVICE_PATIENC
     return result
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``predicate`` holds (a deadline guards against hangs; not a timing test)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
+
+
 def need(service: str, available: bool) -> None:
     """Skip locally when a service is absent; in CI that is a failure, never a skip."""
     if available:

@@ -15,7 +15,9 @@ from fastapi.testclient import TestClient
 from data_exhaust.api.app import create_app
 from data_exhaust.executor import InlineExecutor
 from data_exhaust.ingest import Ingestor, IngestResult
-from data_exhaust.services import Services
+from data_exhaust.services import Services, build_services
+from data_exhaust.settings import Settings
+from tests.conftest import wait_for
 
 CONFIG = {"rows": 3}
 
@@ -426,6 +428,57 @@ def test_a_process_stores_at_most_ingest_batches_at_once(
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(send, range(6))) == [1] * 6
     assert ingestor.most == 2
+
+
+class GatedIngestor(Ingestor):
+    """An ingest that notes the order batches come in and holds the first until ``gate``."""
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(services.lake, services.engine)
+        self.gate = threading.Event()
+        self.order: list[str] = []
+
+    def ingest(self, body: dict[str, Any], *args: Any, **kwargs: Any) -> IngestResult:
+        self.order.append(body["params"]["msgid"])
+        if len(self.order) == 1:
+            assert self.gate.wait(30)
+        return super().ingest(body, *args, **kwargs)
+
+
+def test_batches_waiting_for_their_turn_are_stored_in_the_order_they_came(
+    settings: Settings,
+) -> None:
+    """With one batch at a time (EXHAUST_INGEST_BATCHES=1), those that arrive while it is
+    stored wait in a line and go in the order they arrived: none is overtaken."""
+    from tests.factories import CHANNEL, assess_event
+
+    services = build_services(settings.model_copy(update={"ingest_batches": 1}))
+    ingestor = services.ingestor = GatedIngestor(services)
+    auth = {"Authorization": f"Bearer {services.keys.create('bot', [CHANNEL], ['ingest'])[1]}"}
+    app = create_app(services, run_executor=False)
+    client = TestClient(app)
+
+    def send(n: int) -> int:
+        batch = telemetry_batch(assess_event(mid=f"line-{n}"), msgid=f"m-{n}")
+        answer = client.post("/v1/telemetry", json=batch, headers=auth)
+        return int(answer.json()["result"]["accepted"])
+
+    def waiting() -> int:
+        limiter = getattr(app.state, "ingest_limiter", None)
+        return 0 if limiter is None else int(limiter.statistics().tasks_waiting)
+
+    try:
+        with client, ThreadPoolExecutor(5) as pool:
+            sent = [pool.submit(send, 0)]
+            wait_for(lambda: ingestor.order == ["m-0"])  # held inside, in its turn
+            for n in range(1, 5):  # each waits in the line before the next is sent
+                sent.append(pool.submit(send, n))
+                wait_for(lambda n=n: waiting() == n)  # type: ignore[misc]
+            ingestor.gate.set()
+            assert [future.result(timeout=30) for future in sent] == [1] * 5
+        assert ingestor.order == [f"m-{n}" for n in range(5)]
+    finally:
+        services.close()
 
 
 def test_telemetry_route_refuses_bad_requests(

@@ -21,7 +21,8 @@ from tests.celery_support import (
     need_broker,
     unique_queue,
 )
-from tests.integration.test_engine import status_of, submission, wait_for
+from tests.conftest import wait_for
+from tests.integration.test_engine import status_of, submission
 
 pytestmark = [
     pytest.mark.parametrize("database_url", ["postgres"], indirect=True),

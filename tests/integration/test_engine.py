@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -15,6 +14,7 @@ from data_exhaust.jobs import Job, Status
 from data_exhaust.manager import JobConflict, JobNotFound, Submission
 from data_exhaust.services import Services
 from tests.celery_support import celery_executor
+from tests.conftest import wait_for
 
 #: RabbitMQ and Redis tests run one at a time, on one xdist worker: one of them restarts
 #: RabbitMQ, which would break another running beside it.
@@ -29,15 +29,6 @@ def submission(rows: int = 250, **config: object) -> Submission:
         requested_by="u",
         config={"rows": rows, "delay": 0.0, "fail": None, "batch": 100, **config},
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate`` holds (a deadline guards against hangs; not a timing test)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
 
 
 def status_of(services: Services, job: Job) -> Status:

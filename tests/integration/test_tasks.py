@@ -25,7 +25,7 @@ from data_exhaust.models import FormResponse, Team
 from data_exhaust.services import Services, build_services
 from data_exhaust.tasks import recent, start_export, start_import, task_json
 from tests.acceptance.conftest import free_port
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for
 
 TEAMS_HEADER = "name,description,manager,members\n"
 
@@ -92,13 +92,6 @@ def rows_of(services: Services, model: type[Team] | type[FormResponse], task_id:
     with Session(services.engine) as session:
         query = select(func.count()).select_from(model).where(model.task_id == task_id)
         return int(session.scalar(query) or 0)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout  # a guard against hangs, not a timing assertion
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_teams_import_counts_bad_rows_with_line_numbers_and_stays(services: Services) -> None:
