@@ -4,6 +4,7 @@ template), settings in a temporary data dir, and a service stack over them."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +36,13 @@ def patiently(attempt: Callable[[], T | None], patience: float = SERVICE_PATIENC
     while (result := attempt()) is None and time.monotonic() < deadline:
         time.sleep(0.5)
     return result
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.acceptance.conftest import EXHAUST, Deployment, free_port, wait_until
+from tests.acceptance.conftest import EXHAUST, Deployment, wait_until
+from tests.conftest import free_port
 from tests.factories import assess_event
 
 CHANNEL = "state-a"

@@ -24,8 +24,7 @@ from data_exhaust.jobs import Job, Status
 from data_exhaust.models import FormResponse, Team
 from data_exhaust.services import Services, build_services
 from data_exhaust.tasks import recent, start_export, start_import, task_json
-from tests.acceptance.conftest import free_port
-from tests.conftest import make_settings, wait_for
+from tests.conftest import free_port, make_settings, wait_for
 
 TEAMS_HEADER = "name,description,manager,members\n"
 

@@ -8,12 +8,7 @@ import socket
 import pytest
 
 from data_exhaust.serving import AddressInUse, check_port_free, reuse_port_address
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import free_port
 
 
 def test_each_process_unpickles_a_socket_of_its_own_on_the_address() -> None:

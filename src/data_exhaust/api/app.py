@@ -28,7 +28,6 @@ from data_exhaust.api import (
 )
 from data_exhaust.api.envelope import envelope
 from data_exhaust.api.errors import ApiError
-from data_exhaust.api.polls import PollCache
 from data_exhaust.metrics import Metrics
 from data_exhaust.services import Services
 
@@ -102,7 +101,6 @@ def create_app(services: Services, *, run_executor: bool = True) -> FastAPI:
         title="Data Exhaust", version=__version__, description=DESCRIPTION, lifespan=lifespan
     )
     app.state.services = services
-    app.state.polls = PollCache()  # what read and list answered, while no job changes
     app.state.metrics = Metrics(lambda where: services.jobs.search(where, 0)[0])
     for module in (datasets, reports, telemetry, registry, download, audit, ops, tasks, pages):
         add_routes(app, module.router)

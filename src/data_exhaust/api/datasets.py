@@ -16,6 +16,7 @@ from data_exhaust.api.deps import (
     ChannelKey,
     Tenant,
     parameter,
+    per_app,
     polled_get,
     services_of,
 )
@@ -109,13 +110,8 @@ def this_poll(request: Request, services: Services, jobs: Sequence[PolledJob]) -
 
 
 def poll_cache(request: Request) -> PollCache:
-    """The app's kept answers (``create_app`` makes them; an app built otherwise gets them at
-    its first poll, in the event loop's thread)."""
-    state = request.app.state
-    if getattr(state, "polls", None) is None:
-        state.polls = PollCache()
-    cache: PollCache = state.polls
-    return cache
+    """The app's kept answers, made at its first poll."""
+    return per_app(request, "polls", PollCache)
 
 
 async def handle_submit(

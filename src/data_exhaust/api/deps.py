@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
@@ -23,6 +23,21 @@ from data_exhaust.services import Services
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+T = TypeVar("T")
+
+
+def per_app(request: Request, name: str, make: Callable[[], T]) -> T:
+    """The app's own ``name`` (in its state), made by ``make`` at its first request: in the
+    event loop's thread, so two first requests cannot both make one, and where an AnyIO
+    primitive must be made; an app that adds the routes itself gets it too."""
+    state = request.app.state
+    found = getattr(state, name, None)
+    if found is None:
+        found = make()
+        setattr(state, name, found)
+    return found
 
 
 async def get_services(request: Request) -> Services:

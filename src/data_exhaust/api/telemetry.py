@@ -28,7 +28,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from data_exhaust.api.deps import require_scope, services_of
+from data_exhaust.api.deps import per_app, require_scope, services_of
 from data_exhaust.api.errors import ApiError
 from data_exhaust.ingest import IngestResult
 from data_exhaust.keys import Caller
@@ -133,10 +133,6 @@ async def post_telemetry(request: Request, caller: IngestCaller) -> Response:
 
 
 def ingest_limiter(request: Request) -> anyio.CapacityLimiter:
-    """The process's turn for batches: one limiter per app, made by its first batch (in the
-    event loop's thread, so two first batches cannot both make one)."""
-    state = request.app.state
-    if getattr(state, "ingest_limiter", None) is None:
-        state.ingest_limiter = anyio.CapacityLimiter(services_of(request).settings.ingest_batches)
-    limiter: anyio.CapacityLimiter = state.ingest_limiter
-    return limiter
+    """The process's turn for batches: one limiter per app, made by its first batch."""
+    batches = services_of(request).settings.ingest_batches
+    return per_app(request, "ingest_limiter", lambda: anyio.CapacityLimiter(batches))
