@@ -66,7 +66,7 @@ def split_events(events: list[Any], channels: Collection[str] | None = None) -> 
     set to None once its line is encoded), so that the next event's row takes the memory the
     last one freed while it is still in the CPU's caches: a batch of 1,000 took 27-31 µs of
     CPU per event that way, against 38-42 µs when every event and row stayed alive until the
-    whole batch was encoded (bench/README.md, tenth sitting).
+    whole batch was encoded (bench/HISTORY.md, tenth sitting).
     """
     lines: list[bytes] = []
     rejected: list[dict[str, Any]] = []

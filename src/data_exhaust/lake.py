@@ -65,7 +65,7 @@ RAW_COLUMNS: dict[str, str] = {
 #: ``event_key``, the dedup key: the first 64 bits of ``event_hash`` (a SHA-256 in hex), stored
 #: by compaction and derived by this where it is not stored (raw segments, older files). A
 #: query that deduplicates compares it instead of the 64-character hash, which it then never
-#: reads: that took 24-31 % off a small export's query (bench/README.md, seventh sitting).
+#: reads: that took 24-31 % off a small export's query (bench/HISTORY.md, seventh sitting).
 #: Two events collide only with equal ``mid`` and a 2^-64 chance. ``flatten`` always writes a
 #: hex hash; one that is not (a hand-made line) gives NULL rather than failing a compaction.
 EVENT_KEY_SQL = "TRY_CAST('0x' || left(event_hash, 16) AS UBIGINT)"

@@ -6,7 +6,7 @@ A process's event loop, once woken, accepts every connection waiting (uvloop acc
 the queue is empty), so connections that arrive together (a proxy's or a client's pool, a
 load generator's clients) all went to whichever process woke first: 8 keep-alive connections
 opened at once were all held by one of two processes in 8 tries out of 10, and its requests
-shared one core while the other core idled (bench/README.md, *Eleventh sitting*).
+shared one core while the other core idled (bench/HISTORY.md, *Eleventh sitting*).
 
 Here every process binds a socket of its own to the address with ``SO_REUSEPORT``, and Linux
 spreads new connections over the sockets of such a group by a hash of their addresses, so

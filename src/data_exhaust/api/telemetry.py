@@ -13,7 +13,7 @@ once (the API's four threads) they fought over it, and under load the ``msgid`` 
 under 2 ms of work. Two at a time still let one batch's ``fsync`` run beside the other's
 parsing. Alternated with four, 9 runs each of 80 batches of 1,000 from 8 clients: one
 process 37.0 -> 39.6 k events/s, p99 284 -> 228 ms (medians); two processes 58.0 -> 57.7 k,
-p99 232 -> 208 ms, every run under 250 ms (bench/README.md, *Eleventh sitting*).
+p99 232 -> 208 ms, every run under 250 ms (bench/HISTORY.md, *Eleventh sitting*).
 """
 
 from __future__ import annotations
