@@ -11,7 +11,7 @@ forms, alternated, beside the suite's DuckDB ``COPY`` of the same rows:
 
 It prints the median and minimum of each and the bytes DuckDB read (its JSON profile). Before
 the lake stored the key, this probe timed it over a rewritten copy of the day files (the
-seventh sitting's items 1-3 in bench/README.md).
+seventh sitting's items 1-3 in bench/HISTORY.md).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ API_EVENTS = 20_000
 BULK_EVENTS = 75_000
 #: Each HTTP run sends its events this many times: 80 requests of 1,000 events. Sent once,
 #: a run was 20 requests (~0.6 s on two processes, the last wave of them on half the
-#: clients) and its p99 the slowest of 20 batches (bench/README.md, tenth sitting). Every
+#: clients) and its p99 the slowest of 20 batches (bench/HISTORY.md, tenth sitting). Every
 #: body gets a fresh msgid, so no batch is a retry.
 REPEAT = 4
 

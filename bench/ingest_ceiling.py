@@ -78,7 +78,7 @@ def warmed_runs(
     """One untimed run, then ``runs`` timed ones (:func:`with_cpu`), each on fresh bodies
     (new ``msgid``s: no batch is a retry). A server's first batches import what its ingest
     imports lazily and open its segments and connections: the first of three runs on two
-    processes read 34 k events/s, the next two 49 and 54 k (bench/README.md, eleventh
+    processes read 34 k events/s, the next two 49 and 54 k (bench/HISTORY.md, eleventh
     sitting)."""
     load(base, key, make_bodies(), threads)
     return [with_cpu(load, pid, base, key, make_bodies(), threads) for _ in range(runs)]

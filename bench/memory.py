@@ -5,7 +5,7 @@ the export, during the small and the large export (the peak is reset before each
 The library pages of the peak depend on the page cache: where the kernel holds a shared
 library's file in huge pages (``FileHugePages`` in ``/proc/meminfo``, which writing or reading
 gigabytes just before fills), the process maps them whole, and the same code's peak was
-20-30 MB higher than after ``echo 3 > /proc/sys/vm/drop_caches`` (bench/README.md, *Eleventh
+20-30 MB higher than after ``echo 3 > /proc/sys/vm/drop_caches`` (bench/HISTORY.md, *Eleventh
 sitting* item 7, *Twelfth sitting*). The row shows that state, read before the server starts."""
 
 from __future__ import annotations
