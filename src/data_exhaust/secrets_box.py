@@ -6,6 +6,11 @@ the fingerprint names the derived key, so values sealed under an older server se
 open while that secret is listed in ``EXHAUST_PREVIOUS_SECRET_KEYS``. Rotation: make the old
 secret "previous", set a new ``EXHAUST_SECRET_KEY``, run ``exhaust registry rotate-key`` (it
 re-seals every stored value under the new key), then drop the previous secret.
+
+``cryptography`` is imported when a value is first sealed or opened, not when the server
+starts (here and in :mod:`data_exhaust.uci`): it was 8.7 MB of an idle server's 171 MB (7 MB
+of it the pages of its Rust library), which every export's peak carried without using it
+(bench/README.md, memory).
 """
 
 from __future__ import annotations
@@ -16,11 +21,6 @@ import hashlib
 import os
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 JOB_SECRETS = b"job-secrets"
 PHONES = b"device-phone"
 
@@ -30,6 +30,9 @@ class SealError(ValueError):
 
 
 def _derive(secret: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
 
 
@@ -49,12 +52,17 @@ class SecretBox:
         return {_fingerprint(key): key for key in reversed(derived)}
 
     def seal(self, plaintext: str, purpose: bytes) -> str:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         key = _derive(self._current, purpose)
         nonce = os.urandom(12)
         sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), purpose)
         return base64.b64encode(_fingerprint(key) + nonce + sealed).decode()
 
     def unseal(self, token: str, purpose: bytes) -> str:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             raw = base64.b64decode(token, validate=True)
         except (binascii.Error, ValueError):

@@ -26,9 +26,6 @@ import base64
 import binascii
 import re
 
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from data_exhaust.registry import normalise_phone
 
 KEY_SIZES = (16, 24, 32)
@@ -57,6 +54,9 @@ def uci_key(secret: str | None) -> bytes:
 
 def encrypt(plaintext: str, key: bytes) -> str:
     """UCI's encoding of ``plaintext`` (for test fixtures and examples only)."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     padder = padding.PKCS7(128).padder()
     data = padder.update(plaintext.encode()) + padder.finalize()
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 - UCI's format
@@ -65,6 +65,9 @@ def encrypt(plaintext: str, key: bytes) -> str:
 
 def decrypt(token: str, key: bytes) -> str:
     """The plaintext of a UCI encrypted id."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     text = token.strip().replace("-", "+").replace("_", "/")
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)

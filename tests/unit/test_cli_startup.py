@@ -24,9 +24,10 @@ def test_one_sync_module_does_not_load_the_others() -> None:
     assert "sqlalchemy" in loaded
 
 
-def test_the_embedded_server_loads_neither_the_postgres_driver_nor_parquet(tmp_path: Path) -> None:
+def test_the_embedded_server_loads_no_library_it_may_never_use(tmp_path: Path) -> None:
     """On the SQLite default, psycopg (~26 MB of a worker's RSS) stays out of the process, and
-    so does ``pyarrow.parquet`` with its cloud filesystems (~5 MB) until a Parquet export."""
+    so do ``pyarrow.parquet`` with its cloud filesystems (~5 MB) until a Parquet export and
+    ``cryptography`` (~9 MB) until a value is sealed or opened."""
     code = (
         "import sys\n"
         "from data_exhaust.cli.admin import services\n"
@@ -40,3 +41,5 @@ def test_the_embedded_server_loads_neither_the_postgres_driver_nor_parquet(tmp_p
     assert "data_exhaust.api.tasks" in loaded and "sqlalchemy" in loaded
     assert not {name for name in loaded if name.startswith("psycopg")}
     assert "pyarrow.csv" in loaded and "pyarrow.parquet" not in loaded
+    assert "data_exhaust.secrets_box" in loaded and "data_exhaust.uci" in loaded
+    assert not {name for name in loaded if name.startswith("cryptography")}
