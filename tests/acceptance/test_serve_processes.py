@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -199,3 +200,34 @@ def test_a_port_in_use_is_refused_with_a_clear_error(deployment: Deployment) -> 
     assert done.returncode == 1
     assert f"127.0.0.1:{port} is already in use" in done.stderr
     assert "--port" in done.stderr
+
+
+@SQLITE_ONLY
+def test_where_connections_are_not_spread_the_processes_share_one_socket(
+    deployment: Deployment,
+) -> None:
+    """Elsewhere than Linux the processes share the one socket uvicorn binds, and serve."""
+    port = free_port()
+    log = (deployment.data_dir.parent / "serve-shared.log").open("wb")
+    with log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.without_reuseport", "serve", "--port", str(port),
+             "--processes", "2"],
+            env=deployment.env, cwd=deployment.data_dir.parent, stdout=log, stderr=log,
+        )  # fmt: skip
+    deployment.processes.append(process)
+
+    def both_listen() -> bool:
+        children = server_processes(process.pid)
+        listening = sockets_on(port, LISTEN)
+        return len(children) == 2 and all(held_by(pid, listening) for pid in children)
+
+    wait_until(both_listen)
+    children = server_processes(process.pid)
+    assert len(sockets_on(port, LISTEN)) == 1  # they listen on one socket, not one each
+    key = deployment.create_key(CHANNEL, "ingest")
+    auth = {"Authorization": f"Bearer {key}", "X-Channel-ID": CHANNEL}
+    answer = httpx.post(f"http://127.0.0.1:{port}/v1/telemetry", json=batch(1), headers=auth)
+    assert answer.json()["result"]["accepted"] == 10
+    deployment.stop_all()
+    wait_until(lambda: not any(alive(pid) for pid in children))
