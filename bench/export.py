@@ -176,21 +176,30 @@ def measure_case(
     config: Config, ds: Dataset, which: str, client: httpx.Client, base: str,
     headers: dict[str, str],
 ) -> dict[str, Any]:  # fmt: skip
-    """API, COPY, engine-SQL COPY and Python-loop timings of one case (medians of runs)."""
+    """API, COPY, engine-SQL COPY and Python-loop timings of one case (medians of runs).
+
+    The export and its two ``COPY`` baselines run in turn, one of each per round, so that a
+    change of the machine's speed while the case runs (a third within minutes on the
+    thirteenth sitting's EPYC, bench/HISTORY.md) falls on all three alike, not on whichever
+    block of nine runs it came in."""
     conversation, _ = _case(ds, which)
     cfg = export_config(conversation, ds.first_day, ds.last_day)
     times = max(config.runs, SMALL_RUNS) if which == "small" else config.runs
-    export_once(client, base, headers, cfg)  # warm-up: page cache, DuckDB start
-    runs = [export_once(client, base, headers, cfg) for _ in range(times)]
-    rows = int(runs[-1].job["files"][0]["rows"])
     tmp = Path(tempfile.mkdtemp(dir=config.work))
     out = tmp / "x.csv"
     args = (ds.lake, conversation, ds.first_day, ds.last_day, out)
     copy_sql, engine_sql = duckdb_copy_sql(*args), engine_copy_sql(*args)
-    run_copy(copy_sql)  # warm-up
-    copy_runs = [run_copy(copy_sql) for _ in range(times)]
+    export_once(client, base, headers, cfg)  # warm-ups: page cache, DuckDB start
+    run_copy(copy_sql)
+    runs: list[ExportRun] = []
+    copy_runs: list[tuple[float, int]] = []
+    engine: list[float] = []
+    for _ in range(times):  # in turn, so that each sees the machine as the others do
+        runs.append(export_once(client, base, headers, cfg))
+        copy_runs.append(run_copy(copy_sql))
+        engine.append(run_copy(engine_sql)[0])
+    rows = int(runs[-1].job["files"][0]["rows"])
     copy, copy_rows = [s for s, _ in copy_runs], copy_runs[0][1]
-    engine = [run_copy(engine_sql)[0] for _ in range(times)]
     count = count_seconds(*args[:4], max(config.runs, COUNT_RUNS))
     python: list[float] = []
     python_rows = 0
