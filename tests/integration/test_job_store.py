@@ -19,12 +19,22 @@ from data_exhaust.testing import MemoryJobStore
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory", "sqlite", "sqlite-without-returning",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)  # fmt: skip
 def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+    """Every store; ``sqlite-without-returning`` is SQLite as before 3.35 (2021), which has no
+    ``UPDATE … RETURNING``: SQLAlchemy then says so in the dialect, as set here."""
     if request.param == "memory":
         yield MemoryJobStore()
         return
-    engine = make_engine(request.getfixturevalue(f"{request.param}_url"))
+    database = request.param.removesuffix("-without-returning")
+    engine = make_engine(request.getfixturevalue(f"{database}_url"))
+    if request.param.endswith("-without-returning"):
+        engine.dialect.update_returning = False
     yield SqlJobStore(engine)
     engine.dispose()
 
