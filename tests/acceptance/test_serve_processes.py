@@ -75,6 +75,14 @@ def held_by(pid: int, inodes: set[str]) -> int:
     return held
 
 
+def all_listening(parent: int, port: int, processes: int = 2) -> bool:
+    """Whether ``parent`` has ``processes`` serving children and each listens on ``port``
+    (a child exists before its app has started and its socket listens)."""
+    children = server_processes(parent)
+    listening = sockets_on(port, LISTEN)
+    return len(children) == processes and all(held_by(pid, listening) for pid in children)
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -134,9 +142,10 @@ def assert_logged_as_configured(deployment: Deployment) -> None:
 
 
 def test_a_dead_process_is_replaced_and_a_stop_ends_them_all(deployment: Deployment) -> None:
+    """While one process is replaced, the other keeps answering."""
     base = deployment.serve("--processes", "2")
     parent = deployment.processes[-1].pid
-    wait_until(lambda: len(server_processes(parent)) == 2)
+    wait_until(lambda: all_listening(parent, int(base.rsplit(":", 1)[1])))
     victim, survivor = server_processes(parent)
     os.kill(victim, signal.SIGKILL)
 
@@ -166,7 +175,7 @@ def test_connections_opened_together_are_spread_over_the_processes(
     base = deployment.serve("--processes", "2")
     parent = deployment.processes[-1].pid
     port = int(base.rsplit(":", 1)[1])
-    wait_until(lambda: len(sockets_on(port, LISTEN)) == 2 and len(server_processes(parent)) == 2)
+    wait_until(lambda: all_listening(parent, port) and len(sockets_on(port, LISTEN)) == 2)
     children = server_processes(parent)
     opened = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(16)]
     try:
@@ -216,13 +225,7 @@ def test_where_connections_are_not_spread_the_processes_share_one_socket(
             env=deployment.env, cwd=deployment.data_dir.parent, stdout=log, stderr=log,
         )  # fmt: skip
     deployment.processes.append(process)
-
-    def both_listen() -> bool:
-        children = server_processes(process.pid)
-        listening = sockets_on(port, LISTEN)
-        return len(children) == 2 and all(held_by(pid, listening) for pid in children)
-
-    wait_until(both_listen)
+    wait_until(lambda: all_listening(process.pid, port))
     children = server_processes(process.pid)
     assert len(sockets_on(port, LISTEN)) == 1  # they listen on one socket, not one each
     key = deployment.create_key(CHANNEL, "ingest")
