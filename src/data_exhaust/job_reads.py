@@ -37,7 +37,7 @@ import structlog
 from sqlalchemy import Engine, Select, bindparam, select
 
 from data_exhaust.jobs import Job
-from data_exhaust.models import JobRequest
+from data_exhaust.models import JOBS
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-JOBS = JobRequest.__table__
 #: Numbers the SQLite loop connections of this process, so that a version of one never
 #: equals a version of another (``data_version`` counts per connection).
 _CONNECTIONS = itertools.count()

@@ -8,7 +8,7 @@ this schema (a test checks it).
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -104,6 +105,10 @@ class JobRequest(Base):
         Index("ix_job_request_channel_submitted", "requested_channel", "dt_job_submitted"),
         Index("ix_job_request_tag_submitted", "tag", "dt_job_submitted"),
     )
+
+
+#: The job table, for Core statements (the job store's writes, the event loop's reads).
+JOBS = cast(Table, JobRequest.__table__)
 
 
 class ApiKey(Base):

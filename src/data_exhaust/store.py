@@ -14,15 +14,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import Connection, Engine, Row, Table, Update, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Update, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data_exhaust.job_reads import JobBuilder, LoopReads, ReadInThread, open_loop_reads
 from data_exhaust.jobs import Job, OutputFile, Status
-from data_exhaust.models import JobRequest
+from data_exhaust.models import JOBS, JobRequest
 
 # Job field -> job_request column.
 COLUMNS = {
@@ -38,7 +38,6 @@ COLUMNS = {
     "execution_ms": "execution_time",
     "message": "err_message",
 }
-JOBS = cast(Table, JobRequest.__table__)
 #: (Job field, job_request column) pairs, computed once: ``_to_job`` runs for every job read.
 JOB_COLUMNS = tuple((f.name, COLUMNS.get(f.name, f.name)) for f in fields(Job))
 
@@ -145,8 +144,9 @@ class SqlJobStore(JobStore):
 
     Core statements, not ORM sessions, and an ``UPDATE … RETURNING`` that gives the job as
     it was written: the ORM's unit of work and its bulk-update bookkeeping cost more than
-    the statements (a job's submit, claim and success took 1.8, 2.5 and ~5 ms of CPU on a
-    slow 2-core machine; bench/HISTORY.md, *Thirteenth sitting*)."""
+    the statements (with them, a job's submit, claim, and run and success of a one-row job
+    took 1.7-2.0, 2.5-2.9 and 5.0-6.0 ms of CPU on a slow 2-core machine; bench/HISTORY.md,
+    *Thirteenth sitting*)."""
 
     def __init__(self, engine: Engine, loop_connections: int = 10) -> None:
         self.engine = engine
