@@ -200,20 +200,23 @@ def _quick_valid(e: dict[str, Any]) -> bool:
         ):
             return False
         cdata, obj, tags = ctx.get("cdata", ()), e.get("object"), e.get("tags", ())
-        if cdata is not None and not (
-            type(cdata) is list
-            and all(
-                type(c["type"]) is str and c["type"] and type(c["id"]) is str and c["id"]
-                for c in cdata
-            )
-        ):
-            return False
+        if cdata is not None:  # plain loops: all() over a generator costs ~1 µs a call
+            if type(cdata) is not list:
+                return False
+            for c in cdata:
+                kind, ident = c["type"], c["id"]
+                if not (type(kind) is str and kind and type(ident) is str and ident):
+                    return False
         if obj is not None and not (
             type(obj["id"]) is str and obj["id"] and type(obj["type"]) is str and obj["type"]
         ):
             return False
-        if tags is not None and not (type(tags) is list and all(type(t) is str for t in tags)):
-            return False
+        if tags is not None:
+            if type(tags) is not list:
+                return False
+            for tag in tags:
+                if type(tag) is not str:
+                    return False
         if eid != "ASSESS":
             return True
         item, duration, score = edata["item"], edata["duration"], edata["score"]

@@ -72,6 +72,10 @@ def test_other_eids_need_no_assess_fields() -> None:
         ({"context.cdata": ["x"]}, "context.cdata[0] must be an object with type and id"),
         ({"context.cdata": [{"type": "Conversation"}]}, "context.cdata[0].id is required"),
         (
+            {"context.cdata": [{"type": "Conversation", "id": "c"}, {"type": "Device", "id": ""}]},
+            "context.cdata[1].id must be a non-empty string",
+        ),
+        (
             {"context.cdata": [{"id": "c", "type": ""}]},
             "context.cdata[0].type must be a non-empty string",
         ),
