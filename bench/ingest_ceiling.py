@@ -3,6 +3,9 @@ what any implementation in this architecture can reach on this machine.
 
 * HTTP: ``bench/bare_ingest_app.py`` (bare FastAPI, the uvicorn settings of ``exhaust serve``)
   driven by the same ``load()`` with the same bodies: read + ``orjson.loads``, and read only.
+* HTTP, any design: ``bench/least_ingest_app.py`` on two processes (read, parse, the service's
+  checks and canonical JSON, SHA-256, a line of both written and ``fsync``'d per batch), and
+  the same storing the lake's flattened rows (the service's ``split_events``).
 * Bulk, on the JSON-lines file of the ``exhaust ingest FILE`` row: DuckDB alone (``read_json``
   → ``count(*)``, and → Parquet of a few flattened columns), and Python alone (``orjson.loads``
   per line; plus canonical JSON and SHA-256, the least the ingest does per event; and the
@@ -103,6 +106,33 @@ def http_ceilings(
     finally:
         bare.stop_all()
     return found
+
+
+def least_ingest(
+    config: Config, load: Loader, bodies: list[bytes], threads: int
+) -> dict[str, Any]:  # fmt: skip
+    """Batches of 1,000 against ``bench/least_ingest_app.py`` on :data:`PROCESSES` processes,
+    its two routes in turn (one run of each per round, after a warm-up of each): ``least``,
+    the most any ingest that checks each event in Python behind FastAPI takes in here, and
+    ``rows``, the same storing the lake's flattened rows."""
+    least = Server(config.work / "least-ingest" / "var")
+    least.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "bench.least_ingest_app", "{port}", str(PROCESSES)]
+    routes = {"least": "", "rows": "/rows"}
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
+    try:
+        base = least.start(argv, processes=PROCESSES)
+        for path in routes.values():
+            load(base + path, "least", list(bodies), threads)
+        for _ in range(config.runs):
+            for name, path in routes.items():
+                found[name].append(
+                    with_cpu(load, least.pid, base + path, "least", list(bodies), threads)
+                )
+    finally:
+        least.stop_all()
+    return {name: {"processes": PROCESSES, "runs": runs, **medians(runs)}
+            for name, runs in found.items()}  # fmt: skip
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -253,10 +283,11 @@ def _summary(events: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batch_pass(path: str, count: int, size: int, runs: int, work: str) -> dict[str, list[float]]:
-    """In a process of its own with the heap frozen, as a server's is: CPU seconds of each of
-    ``runs`` passes (after a warm-up) over the first ``count`` events of ``path`` as request
-    bodies of ``size`` events. ``split``: what ``POST /v1/telemetry`` does with a body before
-    it writes (``Ingestor.parse``, then ``split_events``: checks, rows, their JSON lines).
+    """In a process of its own with the heap frozen, as a server's is: CPU seconds of ``runs``
+    passes of each of two steps (after a warm-up; one of each in turn) over the first
+    ``count`` events of ``path`` as request bodies of ``size`` events. ``split``: what
+    ``POST /v1/telemetry`` does with a body before it writes (``Ingestor.parse``, then
+    ``split_events``: checks, rows, their JSON lines).
     ``stored``: all it does without HTTP (``Ingestor.parse`` and ``Ingestor.ingest``: the
     same, the ``fsync``'d append to a lake under ``work`` and the ``msgid`` lookup and record
     in a SQLite database there), a fresh ``msgid`` per body every pass."""
@@ -284,11 +315,12 @@ def batch_pass(path: str, count: int, size: int, runs: int, work: str) -> dict[s
         for body in made:
             ingestor.ingest(Ingestor.parse(body), consume=True)
 
-    found: dict[str, list[float]] = {}
-    for name, step in (("split", split), ("stored", stored)):
+    steps = {"split": split, "stored": stored}
+    found: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
         step(bodies(lines, size))  # warm-up
-        found[name] = []
-        for _ in range(runs):
+    for _ in range(runs):  # alternated: this machine's speed drifts within a minute
+        for name, step in steps.items():
             made = bodies(lines, size)
             cpu = time.process_time()
             step(made)
