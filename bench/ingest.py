@@ -325,8 +325,10 @@ def least_http_rows(least: dict[str, Any]) -> list[Row]:
     for name, (title, work, who) in cases.items():
         case = least[name]
         rate, p99 = case["median_events_per_s"], case["median_p99_s"]
-        met = rate >= API_TARGET and p99 < P99_TARGET
-        verdict = "within reach" if met else f"out of reach on this machine for {who}"
+        if rate < API_TARGET:
+            verdict = f"out of reach on this machine for {who}"
+        else:  # the p99 follows how the 8 connections fall on the 2 processes (README)
+            verdict = "within reach" if p99 < P99_TARGET else "its rate within reach"
         rows.append(Row(
             "2", title, f"batches of 1000, {THREADS} clients, {case['processes']} processes: "
             f"{work}; no auth, msgid or quarantine", _latencies(case), "",
