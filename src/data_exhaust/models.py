@@ -136,6 +136,10 @@ class TelemetryBatch(Base):
     received_at: Mapped[datetime]
 
 
+#: The batch table, for Core statements (the ingest's ``msgid`` lookup and record).
+TELEMETRY_BATCHES = cast(Table, TelemetryBatch.__table__)
+
+
 class Conversation(Base):
     """A chatbot (UCI "bot") and the channel that owns it."""
 
