@@ -9,7 +9,9 @@ of the suite's data and, alternated over ``R`` rounds, times on one process:
   columns → the day files: CPU of this process and DuckDB's threads);
 * *events*: ``check_event`` + SHA-256 + a line of the hash and the canonical JSON per event,
   then the same ``_sorted_days`` over the columns extracted in SQL (:data:`EXTRACT`, one JSON
-  parse per line) from a tab-separated read of those lines.
+  parse per line) from a tab-separated read of those lines;
+* *events+json*: the same with the options' and response's JSON made in Python
+  (``compact_json``, exactly as the lake's rows have them) and written in the line.
 
 It also counts the rows whose extracted columns differ from ``flatten``'s: :data:`EXTRACT`
 follows ``flatten`` for valid events but formats some JSON values its own way (a number in a
@@ -26,6 +28,7 @@ import tempfile
 import time
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -34,7 +37,7 @@ from bench.data import dataset
 from bench.ingest import read_lines
 from data_exhaust.compaction import _sorted_days
 from data_exhaust.lake import JSON_COLUMNS, RAW_COLUMNS, SELECT_LIST
-from data_exhaust.telemetry import check_event, flatten
+from data_exhaust.telemetry import check_event, compact_json, flatten
 
 PATHS = (
     "$.eid", "$.ets", "$.mid", "$.context.channel", "$.context.pdata.id", "$.context.cdata",
@@ -63,14 +66,27 @@ _COLUMNS = {
     "date": "strftime(epoch_ms(CAST(v[2] AS BIGINT)), '%Y-%m-%d')",
 }  # fmt: skip
 assert list(_COLUMNS) == list(RAW_COLUMNS)
-#: The lake's raw columns from ``hash<TAB>canonical JSON`` lines (``{files}`` to replace).
-EXTRACT = (
-    "SELECT " + ", ".join(f'{sql} AS "{name}"' for name, sql in _COLUMNS.items())
-    + " FROM (SELECT event_hash, event, json_extract(event, ["
-    + ", ".join(f"'{path}'" for path in PATHS) + "]) AS v FROM read_csv({files}, delim='\\t', "
-    "quote='', escape='', header=false, columns={'event_hash': 'VARCHAR', "
-    "'event': 'VARCHAR'}, ignore_errors=true))"
-)  # fmt: skip
+
+
+def extract(csv_columns: tuple[str, ...], made: tuple[str, ...] = ()) -> str:
+    """The lake's raw columns from tab-separated lines of ``csv_columns`` (``event_hash``,
+    ``event`` and the columns ``made`` in Python), ``{files}`` to replace."""
+    columns = {name: (name if name in made else sql) for name, sql in _COLUMNS.items()}
+    types = ", ".join(f"'{name}': 'VARCHAR'" for name in csv_columns)
+    return (
+        "SELECT " + ", ".join(f'{sql} AS "{name}"' for name, sql in columns.items())
+        + f" FROM (SELECT {', '.join(csv_columns)}, json_extract(event, ["
+        + ", ".join(f"'{path}'" for path in PATHS) + "]) AS v FROM read_csv({files}, "
+        f"delim='\\t', quote='', escape='', header=false, columns={{{types}}}, "
+        "ignore_errors=true))"
+    )  # fmt: skip
+
+
+#: ``hash<TAB>canonical JSON`` lines: every column but those two extracted by DuckDB.
+EXTRACT = extract(("event_hash", "event"))
+#: ``hash<TAB>options<TAB>response<TAB>canonical JSON``: the options' and response's JSON
+#: made in Python (``compact_json``, as the lake's rows have them), the rest extracted.
+EXTRACT_JSON_MADE = extract(("event_hash", "options", "response", "event"), ("options", "response"))
 
 
 def row_lines(events: list[bytes]) -> tuple[bytes, float]:
@@ -92,6 +108,23 @@ def event_lines(events: list[bytes]) -> tuple[bytes, float]:
     return b"".join(out), time.process_time() - cpu
 
 
+def event_json_lines(events: list[bytes]) -> tuple[bytes, float]:
+    cpu = time.process_time()
+    out = []
+    for line in events:
+        event = orjson.loads(line)
+        canonical = check_event(event)[1] or b"null"
+        edata: dict[str, Any] = event.get("edata") or {}
+        item = edata.get("item")
+        item = item if type(item) is dict else {}
+        options, response = compact_json(item.get("params")), compact_json(edata.get("resvalues"))
+        out.append(b"%s\t%s\t%s\t%s\n" % (
+            sha256(canonical).hexdigest().encode(), (options or "").encode(),
+            (response or "").encode(), canonical,
+        ))  # fmt: skip
+    return b"".join(out), time.process_time() - cpu
+
+
 def compacted(scan: str, folder: Path) -> tuple[int, float]:
     folder.mkdir()
     cpu = time.process_time()
@@ -100,10 +133,11 @@ def compacted(scan: str, folder: Path) -> tuple[int, float]:
     return count, time.process_time() - cpu
 
 
-def differing(rows_file: Path, events_file: Path) -> int:
-    """Rows whose columns differ between ``flatten`` and :data:`EXTRACT` (joined on the hash)."""
+def differing(rows_file: Path, events_file: Path, name: str) -> int:
+    """Rows whose columns differ between ``flatten`` and the extraction (joined on the hash)."""
     a = f"read_json('{rows_file}', format='newline_delimited', columns={JSON_COLUMNS})"
-    b = EXTRACT.replace("{files}", f"'{events_file}'")
+    sql = EXTRACT if name == "events" else EXTRACT_JSON_MADE
+    b = sql.replace("{files}", f"'{events_file}'")
     same = " AND ".join(f'a."{n}" IS NOT DISTINCT FROM b."{n}"' for n in RAW_COLUMNS)
     query = f"SELECT count(*) FROM ({a}) a JOIN ({b}) b USING (event_hash) WHERE NOT ({same})"
     with duckdb.connect() as con:
@@ -126,6 +160,7 @@ def main() -> None:
                 ("rows", row_lines, "SELECT * FROM read_json('{f}', format='newline_delimited', "
                  f"columns={JSON_COLUMNS})"),
                 ("events", event_lines, EXTRACT.replace("{files}", "'{f}'")),
+                ("events+json", event_json_lines, EXTRACT_JSON_MADE.replace("{files}", "'{f}'")),
             ):  # fmt: skip
                 data, ingest_cpu = make(events)
                 path = work / f"{name}-{n}.lines"
@@ -138,7 +173,9 @@ def main() -> None:
         for key, values in found.items():
             middle, low, high = statistics.median(values), min(values), max(values)
             print(f"  {key:20s} {middle:6.1f} ({low:.1f}-{high:.1f})")
-        print("rows differing:", differing(work / "rows-0.lines", work / "events-0.lines"))
+        for name in ("events", "events+json"):
+            print(f"rows differing from flatten's, {name}:",
+                  differing(work / "rows-0.lines", work / f"{name}-0.lines", name))  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
