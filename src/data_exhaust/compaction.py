@@ -36,7 +36,7 @@ import orjson
 import structlog
 
 from data_exhaust.fsutil import fsync_dir
-from data_exhaust.lake import MERGE_PREFIX, RAW_SUFFIX, SELECT_LIST, Lake, _quote
+from data_exhaust.lake import MERGE_PREFIX, SELECT_LIST, Lake, _quote, segment_id
 from data_exhaust.logs import configure, configured_level
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def compact(lake: Lake, today: date | None = None) -> int:
     """Move every closed raw segment into Parquet, then merge the finished days (before
     ``today``, UTC by default); the number of events moved out of raw segments."""
     total = 0
-    for path in sorted(lake.raw.glob(f"*{RAW_SUFFIX}")):
+    for path in lake.raw_segments():
         total += _compact_segment(lake, path)
     _delete_compacted_raw(lake)
     if lake.merge_files:
@@ -82,7 +82,7 @@ def compact(lake: Lake, today: date | None = None) -> int:
 
 
 def _compact_segment(lake: Lake, path: Path) -> int:
-    segment_id = path.name.removesuffix(RAW_SUFFIX)
+    segment = segment_id(path) or path.name
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:  # deleted by a concurrent compaction
@@ -92,11 +92,11 @@ def _compact_segment(lake: Lake, path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0  # a live writer or another compaction holds it
-        if (lake.markers / segment_id).exists() or not path.exists():
+        if (lake.markers / segment).exists() or not path.exists():
             return 0
-        count = _write_parquet(lake, path, segment_id)
-        _write_durably(lake.markers / segment_id, orjson.dumps({"events": count}))
-        log.info("lake.segment_compacted", segment=segment_id, events=count)
+        count = _write_parquet(lake, path, segment)
+        _write_durably(lake.markers / segment, orjson.dumps({"events": count}))
+        log.info("lake.segment_compacted", segment=segment, events=count)
         return count
     finally:
         os.close(fd)
@@ -155,8 +155,8 @@ def _remove_leftovers(lake: Lake, file_id: str) -> None:
 
 def _delete_compacted_raw(lake: Lake) -> None:
     now = time.time()
-    for path in lake.raw.glob(f"*{RAW_SUFFIX}"):
-        marker = lake.markers / path.name.removesuffix(RAW_SUFFIX)
+    for path in lake.raw_segments():
+        marker = lake.markers / (segment_id(path) or path.name)
         try:
             if now - marker.stat().st_mtime >= lake.grace_seconds:
                 path.unlink()

@@ -21,9 +21,10 @@ import orjson
 import structlog
 
 from data_exhaust.api.errors import ApiError
+from data_exhaust.event_lines import EVENTS_SUFFIX, event_line
 from data_exhaust.heap import freeze_heap, keep_freed_memory
-from data_exhaust.lake import Lake, encode_rows
-from data_exhaust.telemetry import EVENTS_HINT, check_event, flatten
+from data_exhaust.lake import Lake
+from data_exhaust.telemetry import EVENTS_HINT, check_event
 
 if TYPE_CHECKING:  # SQLAlchemy is imported where used: ingest_file's worker processes start
     from sqlalchemy import Engine  # faster without it
@@ -42,8 +43,8 @@ class IngestResult:
 
 @dataclass
 class SplitBatch:
-    """A batch's events sorted out: the raw segment lines of the valid ones (as
-    :func:`~data_exhaust.lake.encode_rows` writes them), the answer's rejections
+    """A batch's events sorted out: the raw segment lines of the valid ones
+    (:func:`~data_exhaust.event_lines.event_line`), the answer's rejections
     (``{"index", "mid", "errors"}``) and the quarantine's records."""
 
     encoded: bytes
@@ -52,18 +53,14 @@ class SplitBatch:
     bad: list[dict[str, Any]]
 
 
-#: Each valid event's row as one raw segment line.
-_LINE = orjson.OPT_APPEND_NEWLINE
-
-
 def split_events(events: list[Any], channels: Collection[str] | None = None) -> SplitBatch:
-    """Check, flatten and encode a list of events, one at a time.
+    """Check and encode a list of events as raw segment lines, one at a time.
 
     With ``channels``, an event of another channel is rejected: a key may only write
     telemetry for the tenants it is bound to. ``events`` is emptied as it is read (each item
-    set to None once its line is encoded), so that the next event's row takes the memory the
-    last one freed while it is still in the CPU's caches: a batch of 1,000 took 27-31 µs of
-    CPU per event that way, against 38-42 µs when every event and row stayed alive until the
+    set to None once its line is encoded), so that the next event takes the memory the last
+    one freed while it is still in the CPU's caches: a batch of 1,000 took 27-31 µs of CPU
+    per event that way, against 38-42 µs when every event and row stayed alive until the
     whole batch was encoded (bench/HISTORY.md, tenth sitting).
     """
     lines: list[bytes] = []
@@ -73,11 +70,11 @@ def split_events(events: list[Any], channels: Collection[str] | None = None) -> 
         events[index] = None
         errors, canonical = check_event(event)
         if canonical is not None:
-            row = flatten(event, canonical)
-            if channels is None or row["channel"] in channels:
-                lines.append(orjson.dumps(row, option=_LINE))
+            channel = event["context"]["channel"]
+            if channels is None or channel in channels:
+                lines.append(event_line(event, canonical))
                 continue
-            errors = [f"context.channel '{row['channel']}' is not allowed for this API key"]
+            errors = [f"context.channel '{channel}' is not allowed for this API key"]
         mid = event.get("mid") if isinstance(event, dict) else None
         rejected.append(
             {"index": index, "mid": mid if isinstance(mid, str) else None, "errors": errors}
@@ -134,7 +131,7 @@ class Ingestor:
             log.info("telemetry.duplicate_batch", msgid=msgid, accepted=seen)
             return IngestResult(seen, rejected, duplicate_batch=True)
         split = split_events(events, channels)
-        self.lake.append_encoded(split.encoded)
+        self.lake.append_encoded(split.encoded, EVENTS_SUFFIX)
         if split.bad:
             self.lake.quarantine([{**item, "source": "api", "msgid": msgid} for item in split.bad])
         if msgid is not None:
@@ -201,17 +198,9 @@ def _line_events(line: bytes, number: int) -> Iterator[tuple[object, dict[str, A
         yield parsed, {"line": number}
 
 
-#: Rows encoded at a time while a chunk is read: a chunk's 5,000 events and rows held until
-#: the end cost 25 µs per event to parse, check, flatten and encode, against 21-23 µs when
-#: they are encoded (and freed) a few hundred at a time (bench/README.md, ingest).
-ENCODE_EVERY = 256
-
-
 def _ingest_blob(lake: Lake, blob: bytes, first_line: int, source: str) -> tuple[int, int]:
     """Store the lines of ``blob`` (line ``first_line`` onwards); (accepted, rejected)."""
-    rows: list[dict[str, Any]] = []
     encoded: list[bytes] = []
-    accepted = 0
     bad: list[dict[str, Any]] = []
     for number, line in enumerate(blob.split(b"\n"), start=first_line):
         if not line.strip():
@@ -222,19 +211,13 @@ def _ingest_blob(lake: Lake, blob: bytes, first_line: int, source: str) -> tuple
                 continue
             errors, canonical = check_event(event)
             if canonical is not None:
-                rows.append(flatten(event, canonical))  # type: ignore[arg-type]
+                encoded.append(event_line(event, canonical))  # type: ignore[arg-type]
             else:
                 errors = [f"line {number}: {message}" for message in errors]
                 bad.append({**where, "source": source, "errors": errors, "event": event})
-        if len(rows) >= ENCODE_EVERY:
-            accepted += len(rows)
-            encoded.append(encode_rows(rows))
-            rows = []
-    accepted += len(rows)
-    encoded.append(encode_rows(rows))
-    lake.append_encoded(b"".join(encoded))
+    lake.append_encoded(b"".join(encoded), EVENTS_SUFFIX)
     lake.quarantine(bad)
-    return accepted, len(bad)
+    return len(encoded), len(bad)
 
 
 def _worker_start(root: str, segment_bytes: int) -> None:

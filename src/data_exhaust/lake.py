@@ -110,6 +110,18 @@ def _has_event_key(path: Path) -> bool:
     return "event_key" in pq.read_schema(path).names
 
 
+def segment_id(path: Path) -> str | None:
+    """The id of a raw segment file (its name without its suffix), or None for another file
+    (a hidden segment being created)."""
+    name = path.name
+    if name.startswith("."):
+        return None
+    for suffix in (RAW_SUFFIX, ".events"):  # event_lines.EVENTS_SUFFIX
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return None
+
+
 def _segment_of(parquet_name: str) -> str:
     """``part-<id>.<n>.parquet`` → ``<id>``, a segment's or a merge's (ids hold no dots)."""
     return parquet_name.removeprefix("part-").split(".", 1)[0]
@@ -122,6 +134,7 @@ class _Segment:
     opened_at: float
     size: int
     pid: int
+    suffix: str = RAW_SUFFIX
 
 
 def encode_rows(rows: Iterable[dict[str, Any]]) -> bytes:
@@ -175,44 +188,48 @@ class Lake:
         """Append flattened rows to this writer's segment: one write, one fsync, then return."""
         self.append_encoded(encode_rows(rows))
 
-    def append_encoded(self, data: bytes) -> None:
-        """Append rows already encoded by :func:`encode_rows` (whole lines), as :meth:`append`
-        does: a caller with many rows may encode them as it goes, a few at a time."""
+    def append_encoded(self, data: bytes, suffix: str = RAW_SUFFIX) -> None:
+        """Append whole lines already encoded: rows by :func:`encode_rows`, as :meth:`append`
+        does (a caller with many rows may encode them as it goes), or, with ``suffix``
+        :data:`~data_exhaust.event_lines.EVENTS_SUFFIX`, event lines
+        (:func:`~data_exhaust.event_lines.event_line`). A segment holds lines of one kind."""
         if not data:
             return
         with self._lock:
-            segment = self._current()
+            segment = self._current(suffix)
             os.write(segment.fd, data)  # O_APPEND: one call, whole lines, at the end
             os.fsync(segment.fd)
             segment.size += len(data)
             if segment.size >= self.segment_bytes:
                 self._close()
 
-    def _current(self) -> _Segment:
+    def _current(self, suffix: str) -> _Segment:
         segment = self._segment
         if segment is not None and segment.pid != os.getpid():
             # Inherited across fork: the parent owns it. Our copy of the fd would keep the
             # parent's flock alive (and the segment uncompactable) until we exit.
             os.close(segment.fd)
             self._segment = segment = None
-        if segment is not None and time.monotonic() - segment.opened_at > self.segment_seconds:
+        if segment is not None and (
+            time.monotonic() - segment.opened_at > self.segment_seconds or segment.suffix != suffix
+        ):
             self._close()
             segment = None
         if segment is None:
-            segment = self._segment = self._open_segment()
+            segment = self._segment = self._open_segment(suffix)
         return segment
 
-    def _open_segment(self) -> _Segment:
+    def _open_segment(self, suffix: str) -> _Segment:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         segment_id = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         hidden = self.raw / f".{segment_id}.open"
         fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # before it is visible: never compactable while open
-        path = self.raw / f"{segment_id}{RAW_SUFFIX}"
+        path = self.raw / f"{segment_id}{suffix}"
         os.rename(hidden, path)
         fsync_dir(self.raw)
         log.debug("lake.segment_opened", segment=segment_id)
-        return _Segment(fd, path, time.monotonic(), 0, os.getpid())
+        return _Segment(fd, path, time.monotonic(), 0, os.getpid(), suffix)
 
     def _close(self) -> None:
         if self._segment is not None:
@@ -259,11 +276,22 @@ class Lake:
     # -- reading -------------------------------------------------------------------------
 
     def _raw_scan(self, paths: Sequence[Path]) -> str:
+        """The lake's raw columns over segments of either kind (flattened rows, events)."""
+        from data_exhaust.event_lines import EVENTS_SUFFIX, events_scan
+
+        rows = [path for path in paths if path.name.endswith(RAW_SUFFIX)]
+        events = [path for path in paths if path.name.endswith(EVENTS_SUFFIX)]
         # A torn last line (a crash mid-write, never acknowledged) reads as a row of NULLs.
-        return (
-            f"read_json({_file_list(paths)}, format='newline_delimited', "
-            f"columns={JSON_COLUMNS}, ignore_errors=true)"
-        )
+        scans = [f"read_json({_file_list(rows)}, format='newline_delimited', "
+                 f"columns={JSON_COLUMNS}, ignore_errors=true)"] if rows else []  # fmt: skip
+        scans += [events_scan(_file_list(events))] if events else []
+        if len(scans) == 1:
+            return scans[0]
+        return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {scan}" for scan in scans) + ")"
+
+    def raw_segments(self) -> list[Path]:
+        """Every raw segment file, of either kind, sorted by name (compacted ones included)."""
+        return sorted(p for p in self.raw.iterdir() if segment_id(p) is not None)
 
     file_id = staticmethod(_segment_of)
 
@@ -306,10 +334,7 @@ class Lake:
     ) -> tuple[list[Path], list[Path]]:
         """(parquet files, raw segments) to read; markers are listed first (see module doc)."""
         committed = set(os.listdir(self.markers))
-        raw = sorted(
-            p for p in self.raw.glob(f"*{RAW_SUFFIX}")
-            if p.name.removesuffix(RAW_SUFFIX) not in committed
-        )  # fmt: skip
+        raw = [p for p in self.raw_segments() if segment_id(p) not in committed]
         low = f"date={first_day.isoformat()}" if first_day else ""
         high = f"date={last_day.isoformat()}" if last_day else "date=\uffff"
         by_day = self.visible_files_by_day(committed, low, high)
@@ -384,8 +409,7 @@ class Lake:
         """Cheap counts for /health and ``exhaust lake``: no file is opened but quarantine
         and the day merges' markers (read once per process)."""
         committed = set(os.listdir(self.markers))
-        raw = [p for p in self.raw.glob(f"*{RAW_SUFFIX}")]
-        pending = [p for p in raw if p.name.removesuffix(RAW_SUFFIX) not in committed]
+        pending = [p for p in self.raw_segments() if segment_id(p) not in committed]
         quarantined = 0
         for path in self.quarantined.glob(f"*{RAW_SUFFIX}"):
             with open(path, "rb") as handle:

@@ -42,7 +42,7 @@ def server_processes(parent: int) -> list[int]:
 def segment_writers(lake: Path) -> set[int]:
     """The pids in the names of the lake's segments, raw or compacted
     (``<time>-<pid>-<uuid>``; hidden names are segments being created)."""
-    names = [p.name for p in (lake / "raw").glob("[!.]*.jsonl")]
+    names = [p.name for p in (lake / "raw").glob("[!.]*.events")]
     names += [p.name for p in (lake / "compacted").glob("[!.]*")]
     return {int(name.split("-")[1]) for name in names}
 

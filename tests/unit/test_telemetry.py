@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from data_exhaust.ingest import split_events
-from data_exhaust.lake import RAW_COLUMNS, encode_rows
+from data_exhaust.lake import RAW_COLUMNS
 from data_exhaust.telemetry import compact_json, flatten, validate_event
 from tests.factories import CONVERSATION_ID, DELETE, DEVICE_ID, assess_event, ftp_event
 
@@ -233,7 +233,9 @@ def test_split_events_lists_rejections_with_index_and_mid() -> None:
     sent = copy.deepcopy(events)
     split = split_events(events)
     assert split.accepted == 1
-    assert split.encoded == encode_rows([flatten(sent[0])])  # the raw segment's line
+    row = flatten(sent[0])  # the raw segment's line: hash, options, response, extra, event
+    fields = [row["event_hash"], row["options"], row["response"], "", row["event"]]
+    assert split.encoded == "\t".join(fields).encode() + b"\n"
     assert [(r["index"], r["mid"]) for r in split.rejected] == [(1, "bad-1"), (2, None)]
     assert split.rejected[1]["errors"] == ["event must be a JSON object"]
     assert [q["event"] for q in split.bad] == sent[1:]
