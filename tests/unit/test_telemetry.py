@@ -233,9 +233,14 @@ def test_split_events_lists_rejections_with_index_and_mid() -> None:
     sent = copy.deepcopy(events)
     split = split_events(events)
     assert split.accepted == 1
-    row = flatten(sent[0])  # the raw segment's line: hash, options, response, extra, event
-    fields = [row["event_hash"], row["options"], row["response"], "", row["event"]]
-    assert split.encoded == "\t".join(fields).encode() + b"\n"
+    row = flatten(sent[0])  # the raw segment's line: hash, keys, options, response, extra, event
+    digest, keys, options, response, extra, event = split.encoded.rstrip(b"\n").split(b"\t")
+    assert (digest.decode(), options.decode(), response.decode()) == (
+        row["event_hash"], row["options"], row["response"],
+    )  # fmt: skip
+    names = ("eid", "ets", "mid", "channel", "conversation_id", "date")
+    assert orjson.loads(keys) == {name: row[name] for name in names}
+    assert (extra, event.decode()) == (b"", row["event"])
     assert [(r["index"], r["mid"]) for r in split.rejected] == [(1, "bad-1"), (2, None)]
     assert split.rejected[1]["errors"] == ["event must be a JSON object"]
     assert [q["event"] for q in split.bad] == sent[1:]
