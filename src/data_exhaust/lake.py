@@ -1,8 +1,9 @@
-"""The telemetry lake: raw JSON-lines segments, compacted into date-partitioned Parquet.
+"""The telemetry lake: raw segments, compacted into date-partitioned Parquet.
 
 Layout under the root::
 
-    raw/<segment>.jsonl                       flattened rows, appended and fsync'd per batch
+    raw/<segment>.events                      event lines (event_lines.py), fsync'd per batch
+    raw/<segment>.jsonl                       flattened rows as JSON (ingest before event lines)
     events/date=YYYY-MM-DD/part-<segment>.<n>.parquet   compacted rows (plain Hive layout)
     events/date=YYYY-MM-DD/part-merge-<id>.0.parquet    a finished day's files, merged
     compacted/<segment>                       commit marker: the segment now lives in Parquet
