@@ -320,8 +320,8 @@ def least_http_rows(least: dict[str, Any]) -> list[Row]:
                   "parse, check_event, sha256, a line of both written and fsync'd per batch",
                   "any ingest that checks each event in Python"),
         "rows": ("ingest bound (lake rows): the same, storing the lake's flattened rows",
-                 "parse, split_events (checks, sha256, the lake's columns and their JSON "
-                 "line), written and fsync'd per batch",
+                 "parse, checks, flatten and the row's JSON line (the design before event "
+                 "lines), written and fsync'd per batch",
                  "an ingest that stores the lake's flattened rows when it acknowledges"),
     }  # fmt: skip
     rows = []
@@ -344,7 +344,7 @@ def _batch_row(split: float, stored: float, case: str) -> Row:
     """The service's per-batch work in process, before and with its writes."""
     return Row(
             "2", "ingest ceiling: Python the service's per-batch work, no HTTP",
-            f"{case}, 1 process, heap frozen: parse + check + flatten + row JSON; "
+            f"{case}, 1 process, heap frozen: parse + checks + event lines; "
             "then with the fsync'd append and the msgid row",
             f"{split:.1f} µs CPU/event before writing ({fmt_rate(1e6 / split, 'events/s')} a "
             f"core); {stored:.1f} µs with the writes ({fmt_rate(1e6 / stored, 'events/s')})",
@@ -368,8 +368,8 @@ def bulk_ceiling_rows(found: dict[str, Any], count: int) -> list[Row]:
               "loads_check_sha256": "loads + check_event (checks, sorted dumps) + sha256 + "
                                     "a line of both written: the least a validating, "
                                     "deduplicating ingest stores",
-              "lake_row": "the service's per-event work, no I/O (check_event, flatten, "
-                          "row JSON)"}  # fmt: skip
+              "lake_row": "the service's per-event work, no I/O (check_event, its event "
+                          "line)"}  # fmt: skip
     for key, label in labels.items():
         one = found["python"][key]["one_process"]
         many = found["python"][key][f"{PROCESSES}_processes"]

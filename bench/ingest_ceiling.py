@@ -5,7 +5,7 @@ what any implementation in this architecture can reach on this machine.
   driven by the same ``load()`` with the same bodies: read + ``orjson.loads``, and read only.
 * HTTP, any design: ``bench/least_ingest_app.py`` on two processes (read, parse, the service's
   checks and canonical JSON, SHA-256, a line of both written and ``fsync``'d per batch), and
-  the same storing the lake's flattened rows (the service's ``split_events``).
+  the same storing the lake's flattened rows as JSON lines (the design before event lines).
 * Bulk, on the JSON-lines file of the ``exhaust ingest FILE`` row: DuckDB alone (``read_json``
   → ``count(*)``, and → Parquet of a few flattened columns), and Python alone (``orjson.loads``
   per line; plus canonical JSON and SHA-256, the least the ingest does per event; and the
@@ -114,7 +114,8 @@ def least_ingest(
     """Batches of 1,000 against ``bench/least_ingest_app.py`` on :data:`PROCESSES` processes,
     its two routes in turn (one run of each per round, after a warm-up of each): ``least``,
     the most any ingest that checks each event in Python behind FastAPI takes in here, and
-    ``rows``, the same storing the lake's flattened rows."""
+    ``rows``, the same storing the lake's flattened rows as JSON (the design before event
+    lines)."""
     least = Server(config.work / "least-ingest" / "var")
     least.data_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "bench.least_ingest_app", "{port}", str(PROCESSES)]
@@ -181,16 +182,17 @@ def _rates(events: int, seconds: list[float]) -> dict[str, Any]:
 #: ingest does that validates each event in Python, as api.md §6 asks, deduplicates on its
 #: content and stores it (the canonical-JSON design of bench/README.md's *Why*, which would
 #: flatten later, and whose lines no query could read as they are); and the service's whole
-#: per-event work for the lake's row format, with no I/O (``check_event``; ``flatten``: the
-#: columns and hash; the row's JSON line), which is what a bulk ingest does per event before
-#: it writes.
+#: per-event work, with no I/O (``check_event``; ``event_line``: the hash, the keys, the
+#: options' and response's JSON), which is what a bulk ingest does per event before it writes
+#: (the lake's flattened row and its JSON line until the fourteenth sitting).
 PASSES = ("loads", "loads_dumps_sha256", "loads_check_sha256", "lake_row")
 
 
 def python_pass(path: str, start: int, end: int, mode: str) -> tuple[int, int, float]:
     """One of :data:`PASSES` over every line of ``path`` in bytes ``[start, end)``; (pid,
     lines, CPU seconds)."""
-    from data_exhaust.telemetry import check_event, flatten
+    from data_exhaust.event_lines import event_line
+    from data_exhaust.telemetry import check_event
 
     cpu = time.process_time()
     lines, left = 0, end - start
@@ -211,7 +213,7 @@ def python_pass(path: str, start: int, end: int, mode: str) -> tuple[int, int, f
                 out.write(b"%s\t%s\n" % (sha256(canonical).hexdigest().encode(), canonical))
             elif mode == "lake_row":
                 _, canonical = check_event(event)
-                orjson.dumps(flatten(event, canonical), option=orjson.OPT_APPEND_NEWLINE)
+                event_line(event, canonical)  # type: ignore[arg-type]
             lines += 1
         if writes:
             out.flush()
