@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -42,27 +44,28 @@ def _accepted(count: int) -> Response:
     return Response(body, media_type="application/json")
 
 
-def lines_of(events: list[object]) -> tuple[bytes, int]:
-    """The stored lines of a batch's valid events (hash, tab, canonical JSON) and their count;
-    ``events`` is emptied as it is read."""
+Line = Callable[[dict[str, Any], bytes], bytes]
+
+
+def least_line(event: dict[str, Any], canonical: bytes) -> bytes:
+    """The hash, a tab and the canonical JSON."""
+    return b"%s\t%s\n" % (sha256(canonical).hexdigest().encode(), canonical)
+
+
+def row_line(event: dict[str, Any], canonical: bytes) -> bytes:
+    """The lake's flattened row as a JSON line (the service's format before event lines)."""
+    return encode_rows([flatten(event, canonical)])
+
+
+def lines_of(events: list[Any], line: Line) -> tuple[bytes, int]:
+    """The stored lines of a batch's valid events and their count; ``events`` is emptied as
+    it is read."""
     lines: list[bytes] = []
     for index, event in enumerate(events):
         events[index] = None
         canonical = check_event(event)[1]
         if canonical is not None:
-            lines.append(b"%s\t%s\n" % (sha256(canonical).hexdigest().encode(), canonical))
-    return b"".join(lines), len(lines)
-
-
-def rows_of(events: list[object]) -> tuple[bytes, int]:
-    """The lake's flattened rows of a batch's valid events as JSON lines, and their count;
-    ``events`` is emptied as it is read."""
-    lines: list[bytes] = []
-    for index, event in enumerate(events):
-        events[index] = None
-        canonical = check_event(event)[1]
-        if canonical is not None:
-            lines.append(encode_rows([flatten(event, canonical)]))  # type: ignore[arg-type]
+            lines.append(line(event, canonical))
     return b"".join(lines), len(lines)
 
 
@@ -76,20 +79,16 @@ def make_app() -> FastAPI:
     async def health() -> Response:
         return _accepted(0)
 
-    @app.post("/v1/telemetry")
-    async def ingest(request: Request) -> Response:
-        data, count = lines_of(orjson.loads(await request.body())["events"])
-        os.write(fd, data)
-        os.fsync(fd)
-        return _accepted(count)
+    def route(path: str, line: Line) -> None:
+        @app.post(path)
+        async def ingest(request: Request) -> Response:
+            data, count = lines_of(orjson.loads(await request.body())["events"], line)
+            os.write(fd, data)
+            os.fsync(fd)
+            return _accepted(count)
 
-    @app.post("/rows/v1/telemetry")
-    async def rows(request: Request) -> Response:
-        data, count = rows_of(orjson.loads(await request.body())["events"])
-        os.write(fd, data)
-        os.fsync(fd)
-        return _accepted(count)
-
+    route("/v1/telemetry", least_line)
+    route("/rows/v1/telemetry", row_line)
     freeze_heap()
     return app
 
