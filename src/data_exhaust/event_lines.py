@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from data_exhaust.telemetry import _conversation, _utc_day, compact_json, flatten
+from data_exhaust.telemetry import compact_json, conversation_of, flatten, utc_day
 
 #: Suffix of a raw segment of event lines (segments of flattened rows end in ``.jsonl``).
 EVENTS_SUFFIX = ".events"
@@ -85,8 +85,8 @@ def event_line(event: dict[str, Any], canonical: bytes) -> bytes:
     ets = int(event["ets"])
     keys = orjson.dumps({
         "eid": event["eid"], "ets": ets, "mid": event["mid"], "channel": context["channel"],
-        "conversation_id": _conversation(context, context.get("rollup") or {}),
-        "date": _utc_day(ets),
+        "conversation_id": conversation_of(context, context.get("rollup") or {}),
+        "date": utc_day(ets),
     })  # fmt: skip
     digest = sha256(canonical).hexdigest().encode()
     return b"%s\t%s\t%s\t%s\t%s\t%s\n" % (digest, keys, options, response, extra, canonical)

@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlparse
 import orjson
 import structlog
 
+from data_exhaust.event_lines import EVENTS_SUFFIX
 from data_exhaust.fsutil import fsync_dir
 
 log = structlog.get_logger(__name__)
@@ -117,7 +118,7 @@ def segment_id(path: Path) -> str | None:
     name = path.name
     if name.startswith("."):
         return None
-    for suffix in (RAW_SUFFIX, ".events"):  # event_lines.EVENTS_SUFFIX
+    for suffix in (RAW_SUFFIX, EVENTS_SUFFIX):
         if name.endswith(suffix):
             return name.removesuffix(suffix)
     return None
@@ -278,7 +279,7 @@ class Lake:
 
     def _raw_scan(self, paths: Sequence[Path]) -> str:
         """The lake's raw columns over segments of either kind (flattened rows, events)."""
-        from data_exhaust.event_lines import EVENTS_SUFFIX, events_scan
+        from data_exhaust.event_lines import events_scan
 
         rows = [path for path in paths if path.name.endswith(RAW_SUFFIX)]
         events = [path for path in paths if path.name.endswith(EVENTS_SUFFIX)]

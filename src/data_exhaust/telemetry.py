@@ -302,7 +302,9 @@ def _eof(value: object) -> str | None:
     return str(value).lower()
 
 
-def _conversation(context: dict[str, Any], rollup: dict[str, Any]) -> str | None:
+def conversation_of(context: dict[str, Any], rollup: dict[str, Any]) -> str | None:
+    """The conversation of an event: its ``cdata`` entry of type conversation (any case),
+    else ``rollup.l2``."""
     for entry in context.get("cdata") or ():
         if isinstance(entry, dict) and str(entry.get("type", "")).lower() == "conversation":
             return _str(entry.get("id"))
@@ -312,7 +314,8 @@ def _conversation(context: dict[str, Any], rollup: dict[str, Any]) -> str | None
 _DAYS: dict[int, str] = {}
 
 
-def _utc_day(ets: int) -> str:
+def utc_day(ets: int) -> str:
+    """``YYYY-MM-DD`` of epoch milliseconds, in UTC (the lake's partition)."""
     day = ets // DAY_MS
     text = _DAYS.get(day)
     if text is None:
@@ -348,7 +351,7 @@ def flatten(event: dict[str, Any], canonical: bytes | None = None) -> dict[str, 
         "mid": event["mid"],
         "channel": context.get("channel"),
         "pdata_id": _str((context.get("pdata") or {}).get("id")),
-        "conversation_id": _conversation(context, rollup),
+        "conversation_id": conversation_of(context, rollup),
         "device_id": actor_id if did is None else _str(did),
         "session_id": _str(context.get("sid")),
         "actor_id": actor_id,
@@ -365,5 +368,5 @@ def flatten(event: dict[str, Any], canonical: bytes | None = None) -> dict[str, 
         "eof": l4 if l4 == "true" or l4 == "false" else _eof(l4),
         "event_hash": sha256(canonical).hexdigest(),
         "event": canonical.decode(),
-        "date": _utc_day(ets),
+        "date": utc_day(ets),
     }
