@@ -82,7 +82,7 @@ def compact(lake: Lake, today: date | None = None) -> int:
 
 
 def _compact_segment(lake: Lake, path: Path) -> int:
-    segment = segment_id(path) or path.name
+    segment = segment_id(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:  # deleted by a concurrent compaction
@@ -156,7 +156,7 @@ def _remove_leftovers(lake: Lake, file_id: str) -> None:
 def _delete_compacted_raw(lake: Lake) -> None:
     now = time.time()
     for path in lake.raw_segments():
-        marker = lake.markers / (segment_id(path) or path.name)
+        marker = lake.markers / segment_id(path)
         try:
             if now - marker.stat().st_mtime >= lake.grace_seconds:
                 path.unlink()

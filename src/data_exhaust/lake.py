@@ -48,7 +48,7 @@ from urllib.parse import unquote, urlparse
 import orjson
 import structlog
 
-from data_exhaust.event_lines import EVENTS_SUFFIX
+from data_exhaust.event_lines import EVENTS_SUFFIX, events_scan
 from data_exhaust.fsutil import fsync_dir
 
 log = structlog.get_logger(__name__)
@@ -112,16 +112,18 @@ def _has_event_key(path: Path) -> bool:
     return "event_key" in pq.read_schema(path).names
 
 
-def segment_id(path: Path) -> str | None:
-    """The id of a raw segment file (its name without its suffix), or None for another file
-    (a hidden segment being created)."""
-    name = path.name
-    if name.startswith("."):
-        return None
-    for suffix in (RAW_SUFFIX, EVENTS_SUFFIX):
-        if name.endswith(suffix):
-            return name.removesuffix(suffix)
-    return None
+#: The suffixes of raw segments: flattened rows (before event lines), and event lines.
+SEGMENT_SUFFIXES = (RAW_SUFFIX, EVENTS_SUFFIX)
+
+
+def _is_segment(name: str) -> bool:
+    """Whether a file of ``raw/`` is a segment (a hidden one is still being created)."""
+    return not name.startswith(".") and name.endswith(SEGMENT_SUFFIXES)
+
+
+def segment_id(path: Path) -> str:
+    """The id of a raw segment (:meth:`Lake.raw_segments`): its name without its suffix."""
+    return path.name.rsplit(".", 1)[0]
 
 
 def _segment_of(parquet_name: str) -> str:
@@ -188,13 +190,13 @@ class Lake:
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append flattened rows to this writer's segment: one write, one fsync, then return."""
-        self.append_encoded(encode_rows(rows))
+        self.append_encoded(encode_rows(rows), RAW_SUFFIX)
 
-    def append_encoded(self, data: bytes, suffix: str = RAW_SUFFIX) -> None:
-        """Append whole lines already encoded: rows by :func:`encode_rows`, as :meth:`append`
-        does (a caller with many rows may encode them as it goes), or, with ``suffix``
-        :data:`~data_exhaust.event_lines.EVENTS_SUFFIX`, event lines
-        (:func:`~data_exhaust.event_lines.event_line`). A segment holds lines of one kind."""
+    def append_encoded(self, data: bytes, suffix: str) -> None:
+        """Append whole lines already encoded, of the kind ``suffix`` names: event lines
+        (:func:`~data_exhaust.event_lines.event_line`) with
+        :data:`~data_exhaust.event_lines.EVENTS_SUFFIX`, or rows (:func:`encode_rows`) with
+        :data:`RAW_SUFFIX`, as :meth:`append` does. A segment holds lines of one kind."""
         if not data:
             return
         with self._lock:
@@ -223,14 +225,14 @@ class Lake:
 
     def _open_segment(self, suffix: str) -> _Segment:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        segment_id = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        hidden = self.raw / f".{segment_id}.open"
+        name = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        hidden = self.raw / f".{name}.open"
         fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # before it is visible: never compactable while open
-        path = self.raw / f"{segment_id}{suffix}"
+        path = self.raw / f"{name}{suffix}"
         os.rename(hidden, path)
         fsync_dir(self.raw)
-        log.debug("lake.segment_opened", segment=segment_id)
+        log.debug("lake.segment_opened", segment=name)
         return _Segment(fd, path, time.monotonic(), 0, os.getpid(), suffix)
 
     def _close(self) -> None:
@@ -279,8 +281,6 @@ class Lake:
 
     def _raw_scan(self, paths: Sequence[Path]) -> str:
         """The lake's raw columns over segments of either kind (flattened rows, events)."""
-        from data_exhaust.event_lines import events_scan
-
         rows = [path for path in paths if path.name.endswith(RAW_SUFFIX)]
         events = [path for path in paths if path.name.endswith(EVENTS_SUFFIX)]
         # A torn last line (a crash mid-write, never acknowledged) reads as a row of NULLs.
@@ -293,7 +293,7 @@ class Lake:
 
     def raw_segments(self) -> list[Path]:
         """Every raw segment file, of either kind, sorted by name (compacted ones included)."""
-        return sorted(p for p in self.raw.iterdir() if segment_id(p) is not None)
+        return sorted(p for p in self.raw.iterdir() if _is_segment(p.name))
 
     file_id = staticmethod(_segment_of)
 

@@ -11,7 +11,7 @@ import pytest
 
 from data_exhaust.event_lines import EVENTS_SUFFIX, event_line
 from data_exhaust.ingest import split_events
-from data_exhaust.lake import RAW_COLUMNS, Lake, encode_rows
+from data_exhaust.lake import RAW_COLUMNS, Lake
 from data_exhaust.telemetry import check_event, flatten
 from tests.factories import DELETE, assess_event, ftp_event
 
@@ -94,16 +94,12 @@ def test_compacted_event_lines_keep_every_column(lake: Lake) -> None:
 
 def test_segments_of_rows_and_of_events_read_together(lake: Lake) -> None:
     old, new = EDGE_EVENTS[:5], EDGE_EVENTS[5:]
-    lake.append(encode_rows_of(old))  # a segment as ingest wrote before event lines
+    lake.append([flatten(event) for event in old])  # a segment as ingest wrote before
     lake.append_encoded(lines_of(new), EVENTS_SUFFIX)
     assert sorted(p.suffix for p in lake.raw_segments()) == [".events", ".jsonl"]
     assert read(lake, lake._raw_scan(lake.raw_segments())) == expected(EDGE_EVENTS)
     assert lake.compact() == len(EDGE_EVENTS)
     assert lake.raw_segments() == []
-
-
-def encode_rows_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [flatten(event) for event in events]
 
 
 @pytest.mark.parametrize("cut", [10, 100, 300, -30, -2])
@@ -121,7 +117,6 @@ def test_split_events_writes_event_lines() -> None:
     line = lines_of([events[0]])
     split = split_events(events)
     assert (split.encoded, split.accepted, len(split.rejected)) == (line, 1, 1)
-    assert encode_rows([]) == b""
 
 
 def test_an_event_line_has_six_fields_and_no_raw_tab_or_newline() -> None:
